@@ -1,0 +1,143 @@
+"""Distilled-set artifact: one ``.npz`` file, no pickle, versioned.
+
+Layout (all entries plain numpy arrays, loaded with ``allow_pickle=False``):
+
+- ``images`` ``[n_s, H, W, C]`` float32 — support set in preprocessed space;
+- ``labels`` ``[n_s, C]`` float32 — support labels (learned or centered one-hot);
+- ``class_ids`` ``[n_s]`` int64 — class each support example was initialized from;
+- ``loss/<name>`` — the loss's trained parameters (e.g. Platt ``log_tau``);
+- ``preprocess/<name>`` — preprocessing state (e.g. channel ``mean``, ``std``);
+- ``meta`` — a 0-d unicode array holding JSON: ``format``, ``format_version``,
+  ``kdistill_version``, ``preprocess`` (name), ``config``, ``metrics``, ``history``,
+  ``seed``, ``dataset`` info.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from kdistill.core.errors import ArtifactError
+from kdistill.core.preprocess import preprocessor_from_state
+
+FORMAT = "kdistill-distilled-set"
+FORMAT_VERSION = 1
+
+
+@attrs.define(kw_only=True)
+class DistilledSet:
+    """A distilled support set with everything needed to use and reproduce it.
+
+    Attributes:
+        images: ``[n_s, H, W, C]`` float32 in preprocessed space.
+        labels: ``[n_s, C]`` float32.
+        class_ids: ``[n_s]`` int64.
+        transform: the fitted preprocessor (``.transform(raw)``, ``.inverse(x)``).
+        config: the full run config as a dict (see ``DistillConfig.to_dict``).
+        metrics: final metrics (accuracies, seconds, ...).
+        history: per-step records (``step``, ``loss``, ``eval_step``, ``eval_acc``,
+            ``eval_seconds``).
+        loss_params: trained loss parameters (numpy).
+        seed: the run's seed; version: the kdistill version that wrote it.
+        dataset: dataset info (``name``, ``num_classes``, ``class_names``, shape).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_ids: np.ndarray
+    transform: Any
+    config: dict[str, Any]
+    metrics: dict[str, Any] = attrs.field(factory=dict)
+    history: dict[str, list] = attrs.field(factory=dict)
+    loss_params: dict[str, np.ndarray] = attrs.field(factory=dict)
+    seed: int = 0
+    version: str = ""
+    dataset: dict[str, Any] = attrs.field(factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact atomically (temp file + rename); returns the path."""
+        from kdistill import __version__
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kdistill_version": self.version or __version__,
+            "preprocess": self.transform.name,
+            "config": self.config,
+            "metrics": self.metrics,
+            "history": self.history,
+            "seed": self.seed,
+            "dataset": self.dataset,
+        }
+        arrays = {
+            "images": np.asarray(self.images, np.float32),
+            "labels": np.asarray(self.labels, np.float32),
+            "class_ids": np.asarray(self.class_ids, np.int64),
+            "meta": np.array(json.dumps(meta)),
+        }
+        arrays.update({f"loss/{k}": np.asarray(v) for k, v in self.loss_params.items()})
+        arrays.update({f"preprocess/{k}": np.asarray(v) for k, v in self.transform.state().items()})
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+
+def load(path: str | os.PathLike) -> DistilledSet:
+    """Load an artifact written by :meth:`DistilledSet.save`. Never unpickles.
+
+    Raises:
+        ArtifactError: missing, truncated or malformed file, or a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"{str(path)!r} is not a readable kdistill artifact (truncated or corrupt?): {exc}") from exc
+    missing = [k for k in ("images", "labels", "class_ids", "meta") if k not in arrays]
+    if missing:
+        raise ArtifactError(f"{str(path)!r} lacks entries {', '.join(missing)}; not a kdistill artifact")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{str(path)!r} has malformed metadata: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"{str(path)!r} is not a kdistill artifact (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{str(path)!r} has format version {meta['format_version']}, newer than this "
+            f"kdistill reads ({FORMAT_VERSION}); upgrade kdistill"
+        )
+    images, labels = arrays["images"], arrays["labels"]
+    if images.ndim != 4 or labels.ndim != 2 or len(images) != len(labels):
+        raise ArtifactError(
+            f"{str(path)!r} has inconsistent shapes: images {images.shape}, labels {labels.shape}"
+        )
+    prep_state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("preprocess/")}
+    return DistilledSet(
+        images=images,
+        labels=labels,
+        class_ids=arrays["class_ids"],
+        transform=preprocessor_from_state(meta["preprocess"], prep_state),
+        config=meta.get("config", {}),
+        metrics=meta.get("metrics", {}),
+        history=meta.get("history", {}),
+        loss_params={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("loss/")},
+        seed=int(meta.get("seed", 0)),
+        version=str(meta.get("kdistill_version", "")),
+        dataset=meta.get("dataset", {}),
+    )

@@ -1,0 +1,170 @@
+"""The backend contract: the one place that knows the array library.
+
+Kernels, solvers and losses are written once against :class:`Backend`, using
+``backend.xp`` (an Array-API namespace: ``jax.numpy`` or ``array_api_compat.torch``)
+plus the few primitives the namespace lacks (guarded ``arccos``, jittered Cholesky,
+triangular solves). Training goes through :meth:`Backend.make_trainer`, which wraps
+optax (JAX) or ``torch.optim`` (PyTorch) behind one small interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+#: Jitter schedule of :meth:`Backend.psd_cholesky`, relative to mean(diag(A)).
+CHOLESKY_JITTERS = (0.0, 1e-10, 1e-8, 1e-6)
+
+#: Optimizers every backend provides (optax / torch.optim under the hood).
+OPTIMIZERS = ("adam", "sgd")
+
+
+class Trainer(ABC):
+    """Holds trainable parameters and optimizer state; runs one step at a time.
+
+    Created by :meth:`Backend.make_trainer`. ``step`` computes the loss and its
+    gradient with respect to every parameter, checks both are finite, and only then
+    applies the optimizer update.
+    """
+
+    @abstractmethod
+    def step(self, *batch: np.ndarray) -> float:
+        """One optimizer step on ``loss_fn(params, *batch)``; returns the loss.
+
+        Raises:
+            kdistill.core.errors.NonFiniteLossError: loss or a gradient is NaN/Inf;
+                parameters and optimizer state are left unchanged.
+        """
+
+    @abstractmethod
+    def params_numpy(self) -> dict[str, np.ndarray]:
+        """Current parameters as numpy arrays (copies)."""
+
+    @property
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Current parameters as backend arrays."""
+
+
+class Backend(ABC):
+    """Array-library backend. Subclasses: ``JaxBackend``, ``TorchBackend``.
+
+    Attributes:
+        name: registry name (``"jax"``, ``"torch"``).
+        xp: Array-API namespace used by every kernel, solver and loss.
+    """
+
+    name: str
+    xp: Any
+
+    # -- arrays ---------------------------------------------------------------
+    @abstractmethod
+    def asarray(self, x: Any, dtype: str | None = None) -> Any:
+        """Convert a numpy array (or backend array) to this backend, on its device.
+
+        Args:
+            dtype: ``"float32"``, ``"float64"``, ``"int64"`` or None (keep).
+        """
+
+    @abstractmethod
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Backend array -> numpy array (detached, on host)."""
+
+    def dtype(self, name: str) -> Any:
+        """The backend dtype object for ``"float32"``/``"float64"``/``"int64"``."""
+        return getattr(self.xp, name)
+
+    def cast(self, x: Any, dtype: str) -> Any:
+        """``x`` as ``dtype`` (a name), differentiably."""
+        return self.xp.astype(x, self.dtype(dtype))
+
+    def dtype_name(self, x: Any) -> str:
+        """Name of the dtype of ``x`` (``"float32"``, ...)."""
+        return str(x.dtype).replace("torch.", "")
+
+    def all_finite(self, x: Any) -> Any:
+        """Scalar boolean array: every entry of ``x`` is finite."""
+        return self.xp.all(self.xp.isfinite(x))
+
+    @abstractmethod
+    def is_concrete(self, x: Any) -> bool:
+        """False while tracing under ``jit`` (values unknown), True otherwise."""
+
+    # -- guarded primitives -----------------------------------------------------
+    @abstractmethod
+    def safe_arccos(self, c: Any) -> Any:
+        """``arccos(clip(c, -1, 1))`` with a finite gradient.
+
+        The derivative ``-1/sqrt(1 - c^2)`` is infinite at ``|c| = 1``; here it is
+        ``-1/sqrt(max(1 - c^2, eps))`` inside (-1, 1) and 0 where ``|c| >= 1`` (where
+        the clipped function is constant). ``eps`` is the dtype's machine epsilon.
+        """
+
+    def safe_sqrt(self, x: Any) -> Any:
+        """``sqrt(max(x, tiny))``: finite value and gradient at and below 0."""
+        xp = self.xp
+        tiny = float(np.finfo(self.dtype_name(x)).tiny) ** 0.5
+        return xp.sqrt(xp.clip(x, min=tiny))
+
+    # -- linear algebra -----------------------------------------------------------
+    @abstractmethod
+    def psd_cholesky(self, a: Any) -> tuple[Any, Any]:
+        """Cholesky factor of a symmetric PD matrix, with a bounded jitter retry.
+
+        Tries ``a + j * mean(diag(a)) * I`` for ``j`` in :data:`CHOLESKY_JITTERS` and
+        keeps the first finite factor.
+
+        Args:
+            a: ``[n, n]`` float64, symmetric.
+        Returns:
+            ``(L, ok)``: lower-triangular ``[n, n]`` and a boolean scalar, False when
+            every jitter failed (``L`` is then NaN).
+        """
+
+    @abstractmethod
+    def cho_solve(self, chol: Any, b: Any) -> Any:
+        """Solve ``(L L^T) x = b`` for ``x`` given lower ``L`` ``[n, n]``, ``b`` ``[n, k]``."""
+
+    # -- randomness -------------------------------------------------------------
+    @abstractmethod
+    def normal(self, seed: int, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        """Standard normal samples drawn deterministically from an integer seed."""
+
+    # -- training -----------------------------------------------------------------
+    @abstractmethod
+    def make_trainer(
+        self,
+        loss_fn: Callable[..., Any],
+        params: Mapping[str, np.ndarray],
+        optimizer: str = "adam",
+        lr: float = 1e-2,
+        dtype: str = "float32",
+    ) -> Trainer:
+        """A :class:`Trainer` minimizing ``loss_fn(params: dict, *batch) -> scalar``.
+
+        Args:
+            params: initial values, numpy arrays, cast to ``dtype``.
+            optimizer: one of :data:`OPTIMIZERS` (optax / torch.optim, default
+                hyperparameters except the learning rate; ``sgd`` uses momentum 0.9).
+            lr: learning rate, > 0.
+        """
+
+    @abstractmethod
+    def value_and_grad(self, fn: Callable[..., Any]) -> Callable[..., tuple[Any, dict]]:
+        """``f(params: dict, *args) -> (value, grads: dict)`` for scalar ``fn``."""
+
+    def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Compile ``fn`` where the backend can; identity otherwise."""
+        return fn
+
+
+def check_optimizer(name: str, lr: float) -> None:
+    """Raise ConfigError for an unknown optimizer or a non-positive learning rate."""
+    from kdistill.core.errors import ConfigError
+
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
+    if not (lr > 0 and np.isfinite(lr)):
+        raise ConfigError(f"learning rate must be a positive finite number, got {lr!r}")

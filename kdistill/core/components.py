@@ -1,0 +1,132 @@
+"""Resolve a run config into bound components and prepared data, before any work.
+
+Everything that can be wrong with a config (unknown names, bad hyperparameters, a
+component that does not support the backend, too few examples per class) is caught
+here, so a run fails in seconds, not after hours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from kdistill.core.config import ComponentSpec, DistillConfig
+from kdistill.core.contracts import Kernel, Loss, Solver
+from kdistill.core.errors import ConfigError, DataError
+from kdistill.core.preprocess import fit_preprocessor
+from kdistill.core.registry import Registry, get_registry
+from kdistill.core.sampling import centered_one_hot, class_indices
+
+
+@attrs.define
+class Components:
+    """Bound components of a run."""
+
+    backend: Any
+    kernel: Kernel
+    solver: Solver
+    loss: Loss
+    eval_kernel: Kernel
+
+
+def build_component(registry: Registry, kind: str, spec: ComponentSpec, backend) -> Any:
+    """Instantiate ``spec`` from the registry and bind it to ``backend``."""
+    component = registry.create(kind, spec.name, **spec.params)
+    try:
+        return component.bind(backend)
+    except ConfigError as exc:
+        ok = [
+            r.name for r in registry.entries(kind)
+            if backend.name in getattr(r.factory, "backends", ())
+        ]
+        raise type(exc)(f"{exc}. {kind.capitalize()} that support {backend.name!r}: {', '.join(ok)}") from exc
+
+
+def build_components(config: DistillConfig, registry: Registry | None = None) -> Components:
+    """Create and bind the backend, kernel, solver, loss and evaluation kernel.
+
+    Raises:
+        UnknownComponentError, ConfigError, IncompatibleComponentsError.
+    """
+    registry = registry or get_registry()
+    backend = registry.backend(config.backend)
+    kernel = build_component(registry, "kernels", config.kernel, backend)
+    eval_spec = config.eval_kernel or config.kernel
+    eval_kernel = build_component(registry, "kernels", eval_spec, backend)
+    if eval_kernel.is_random:
+        raise ConfigError(
+            f"eval_kernel {eval_spec.name!r} is random; evaluate with a deterministic kernel"
+        )
+    return Components(
+        backend=backend,
+        kernel=kernel,
+        solver=build_component(registry, "solvers", config.solver, backend),
+        loss=build_component(registry, "losses", config.loss, backend),
+        eval_kernel=eval_kernel,
+    )
+
+
+@attrs.define
+class PreparedData:
+    """Preprocessed splits.
+
+    Attributes:
+        x_train, x_test: ``[n, H, W, C]`` float32 preprocessed.
+        y_train, y_test: ``[n]`` int64 class ids; Y_train: ``[n, C]`` centered one-hot.
+        transform: the fitted preprocessor. info: dataset description for artifacts.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    Y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    transform: Any
+    info: dict[str, Any]
+
+
+def load_dataset(config: DistillConfig, registry: Registry | None = None):
+    """Load the raw dataset named by ``config.dataset`` from ``config.data_dir``."""
+    registry = registry or get_registry()
+    loader = registry.get("datasets", config.dataset).factory
+    return loader(config.data_dir)
+
+
+def prepare_data(config: DistillConfig, dataset=None, registry: Registry | None = None) -> PreparedData:
+    """Load (unless ``dataset`` is given), validate, and preprocess the data.
+
+    Raises:
+        DataFileError: missing/malformed files. DataError: NaN/Inf values, or a class
+        with fewer than ``ipc`` training examples.
+    """
+    ds = dataset if dataset is not None else load_dataset(config, registry)
+    for split, x in (("train", ds.x_train), ("test", ds.x_test)):
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            raise DataError(f"{ds.name} {split} images contain NaN or Inf values")
+    counts = [len(i) for i in class_indices(ds.y_train, ds.num_classes)]
+    if min(counts) < config.ipc:
+        c = int(np.argmin(counts))
+        raise DataError(
+            f"ipc={config.ipc} but class {c} of {ds.name} has only {counts[c]} training examples"
+        )
+    transform = fit_preprocessor(config.preprocess, ds.x_train)
+    return PreparedData(
+        x_train=transform.transform(ds.x_train),
+        y_train=ds.y_train.astype(np.int64),
+        Y_train=centered_one_hot(ds.y_train, ds.num_classes),
+        x_test=transform.transform(ds.x_test),
+        y_test=ds.y_test.astype(np.int64),
+        num_classes=ds.num_classes,
+        transform=transform,
+        info={
+            "name": ds.name,
+            "num_classes": ds.num_classes,
+            "class_names": list(ds.class_names),
+            "image_shape": list(ds.x_train.shape[1:]),
+            "n_train": int(len(ds.x_train)),
+            "n_test": int(len(ds.x_test)),
+        },
+    )

@@ -1,0 +1,138 @@
+"""PyTorch backend: ``array_api_compat.torch`` namespace, autograd, ``torch.optim``.
+
+Runs eagerly (``jit`` is the identity) on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from kdistill.core.backend import CHOLESKY_JITTERS, Backend, Trainer, check_optimizer
+from kdistill.core.errors import NonFiniteLossError
+
+
+def _build_safe_arccos():
+    import torch
+
+    class SafeArccos(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, c):
+            ctx.save_for_backward(c)
+            return torch.arccos(torch.clamp(c, -1.0, 1.0))
+
+        @staticmethod
+        def backward(ctx, grad):
+            (c,) = ctx.saved_tensors
+            eps = torch.finfo(c.dtype).eps
+            slope = -1.0 / torch.sqrt(torch.clamp(1.0 - c * c, min=eps))
+            return grad * torch.where(c.abs() < 1.0, slope, torch.zeros_like(slope))
+
+    return SafeArccos.apply
+
+
+class TorchTrainer(Trainer):
+    def __init__(self, backend: "TorchBackend", loss_fn, params, optimizer, lr, dtype):
+        import torch
+
+        self._torch = torch
+        self._loss_fn = loss_fn
+        self._params = {
+            k: backend.asarray(v, dtype).clone().requires_grad_(True) for k, v in params.items()
+        }
+        leaves = list(self._params.values())
+        if optimizer == "adam":
+            self._opt = torch.optim.Adam(leaves, lr=lr)
+        else:
+            self._opt = torch.optim.SGD(leaves, lr=lr, momentum=0.9)
+
+    def step(self, *batch):
+        torch = self._torch
+        self._opt.zero_grad(set_to_none=True)
+        loss = self._loss_fn(self._params, *batch)
+        loss.backward()
+        finite = bool(torch.isfinite(loss)) and all(
+            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self._params.values()
+        )
+        if not finite:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient (loss={float(loss)}); parameters were not updated"
+            )
+        self._opt.step()
+        return float(loss.detach())
+
+    @property
+    def params(self):
+        return self._params
+
+    def params_numpy(self):
+        return {k: v.detach().cpu().numpy().copy() for k, v in self._params.items()}
+
+
+class TorchBackend(Backend):
+    """Backend on PyTorch (CPU), eager mode."""
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        import array_api_compat.torch as xp
+        import torch
+
+        self._torch = torch
+        self.xp = xp
+        self._safe_arccos = _build_safe_arccos()
+
+    def asarray(self, x, dtype=None):
+        torch = self._torch
+        if isinstance(x, torch.Tensor):
+            t = x
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+        return t if dtype is None else t.to(self.dtype(dtype))
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy()
+
+    def is_concrete(self, x) -> bool:
+        return True
+
+    def safe_arccos(self, c):
+        return self._safe_arccos(c)
+
+    def psd_cholesky(self, a):
+        torch = self._torch
+        n = a.shape[-1]
+        scale = torch.diagonal(a).mean()
+        eye = torch.eye(n, dtype=a.dtype)
+        for jitter in CHOLESKY_JITTERS:
+            chol, info = torch.linalg.cholesky_ex(a + jitter * scale * eye)
+            if int(info) == 0 and bool(torch.isfinite(chol).all()):
+                return chol, torch.tensor(True)
+        return torch.full_like(a, float("nan")), torch.tensor(False)
+
+    def cho_solve(self, chol, b):
+        return self._torch.cholesky_solve(b, chol)
+
+    def normal(self, seed, shape, dtype="float32"):
+        gen = self._torch.Generator().manual_seed(int(seed))
+        return self._torch.randn(shape, generator=gen, dtype=self.dtype(dtype))
+
+    def value_and_grad(self, fn):
+        torch = self._torch
+
+        def wrapped(params, *args):
+            leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            value = fn(leaves, *args)
+            grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+            return value.detach(), {
+                k: torch.zeros_like(leaves[k]) if g is None else g
+                for k, g in zip(leaves, grads)
+            }
+
+        return wrapped
+
+    def make_trainer(self, loss_fn, params: Mapping[str, np.ndarray], optimizer="adam",
+                     lr=1e-2, dtype="float32") -> Trainer:
+        check_optimizer(optimizer, lr)
+        return TorchTrainer(self, loss_fn, params, optimizer, lr, dtype)

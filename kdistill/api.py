@@ -33,7 +33,7 @@ def make_config(config: DistillConfig | dict | str | Path | None = None, **overr
 def distill(
     config: DistillConfig | dict | str | Path | None = None,
     *,
-    dataset=None,
+    data=None,
     callback: Callable[[dict], None] | None = None,
     **overrides: Any,
 ) -> DistilledSet:
@@ -42,8 +42,8 @@ def distill(
     Args:
         config: a DistillConfig, dict, TOML path, or None for the defaults (KIP with
             the FC1 NTK on the embedded digits data, JAX backend).
-        dataset: an in-memory :class:`kdistill.datasets.Dataset` to use instead of
-            loading ``config.dataset``.
+        data: an in-memory :class:`kdistill.datasets.Dataset` to use instead of
+            loading ``config.dataset`` (``dataset`` is the config field naming it).
         callback: called after every step with ``{"step", "loss", ["eval_acc"]}``.
         **overrides: config fields, e.g. ``ipc=1, backend="torch", kernel="rbf"``.
     Returns:
@@ -61,18 +61,18 @@ def distill(
     """
     cfg = make_config(config, **overrides)
     comps = build_components(cfg)
-    data = prepare_data(cfg, dataset)
+    prepared = prepare_data(cfg, data)
     if cfg.method == "label-solve":
-        return run_label_solve(cfg, comps, data)
-    return run_kip(cfg, comps, data, callback)
+        return run_label_solve(cfg, comps, prepared)
+    return run_kip(cfg, comps, prepared, callback)
 
 
 def label_solve(
-    config: DistillConfig | dict | str | Path | None = None, *, dataset=None, **overrides: Any
+    config: DistillConfig | dict | str | Path | None = None, *, data=None, **overrides: Any
 ) -> DistilledSet:
     """Label Solve (Nguyen et al. 2021, ICLR): closed-form labels for real support images.
 
     Same arguments as :func:`distill`; ``target_batch`` is the number of
     class-balanced training targets the labels are solved against.
     """
-    return distill(config, dataset=dataset, method="label-solve", **overrides)
+    return distill(config, data=data, method="label-solve", **overrides)

@@ -21,6 +21,7 @@ from kdistill.core import hookspecs
 from kdistill.core.errors import ConfigError, UnknownComponentError
 
 KINDS = ("backends", "kernels", "solvers", "losses", "datasets")
+SINGULAR = {"backends": "backend", "kernels": "kernel", "solvers": "solver", "losses": "loss", "datasets": "dataset"}
 DISABLE_ENV = "KDISTILL_DISABLE_PLUGINS"
 SELF_DIST = "kdistill"
 
@@ -112,7 +113,7 @@ class Registry:
         existing = self._entries[reg.kind].get(reg.name)
         if existing is not None and existing.plugin != reg.plugin:
             warnings.warn(
-                f"{reg.kind[:-1]} {reg.name!r} from {reg.package} ignored: already provided by "
+                f"{SINGULAR[reg.kind]} {reg.name!r} from {reg.package} ignored: already provided by "
                 f"{existing.package}"
             )
             return
@@ -140,7 +141,7 @@ class Registry:
             return self._entries[kind][name]
         except KeyError:
             raise UnknownComponentError(
-                f"unknown {kind[:-1]} {name!r}; available {kind}: {', '.join(self.names(kind))}"
+                f"unknown {SINGULAR[kind]} {name!r}; available {kind}: {', '.join(self.names(kind))}"
                 f" (run `kdistill plugins` to see where each comes from)"
             ) from None
 
@@ -160,7 +161,7 @@ class Registry:
             unknown = sorted(set(params) - set(accepted))
             if unknown:
                 raise ConfigError(
-                    f"{kind[:-1]} {name!r} has no parameter(s) {', '.join(unknown)}; "
+                    f"{SINGULAR[kind]} {name!r} has no parameter(s) {', '.join(unknown)}; "
                     f"accepted: {', '.join(accepted) or '(none)'}"
                 )
         try:
@@ -168,7 +169,7 @@ class Registry:
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise
-            raise ConfigError(f"invalid parameters for {kind[:-1]} {name!r}: {exc}") from exc
+            raise ConfigError(f"invalid parameters for {SINGULAR[kind]} {name!r}: {exc}") from exc
 
     def backend(self, name: str) -> Any:
         """The (cached) backend instance ``name``.

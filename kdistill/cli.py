@@ -101,9 +101,10 @@ def distill(config_path, sets, out_dir, grid, progress, **flags: Any) -> None:
             title=f"{cfg.dataset} {cfg.method} ipc={cfg.ipc}",
         )
     m = result.metrics
+    init = "" if m.get("init_acc") is None else f"; initial support set {100 * m['init_acc']:.2f}%"
     click.echo(
         f"KRR test accuracy: distilled {100 * m['distilled_acc']:.2f}%  vs  random real subset "
-        f"{100 * m['random_acc']:.2f}%  ({m['total_seconds']:.1f} s)"
+        f"{100 * m['random_acc']:.2f}%{init}  ({m['total_seconds']:.1f} s)"
     )
     click.echo(f"wrote {out}/")
 

@@ -321,6 +321,9 @@ def test_laplace_matches_closed_form_on_jax_and_torch(laplace_module, backends):
         out32 = k(b.asarray(x1, "float32"), b.asarray(x2, "float32"))
         assert b.dtype_name(out32) == "float32"
         np.testing.assert_allclose(b.to_numpy(out32), want, rtol=1e-4)
+        # the documented float32 diagonal error: sqrt of the expansion's rounding error
+        diag32 = np.diag(b.to_numpy(k(b.asarray(x1, "float32"), b.asarray(x1, "float32"))))
+        assert np.all(diag32 <= 1.0) and np.all(diag32 > 1.0 - 1e-3)
     np.testing.assert_allclose(got["jax"], got["torch"], rtol=1e-12, atol=0)
     # not the RBF kernel in disguise: distance, not squared distance
     rbf_like = np.exp(-gamma * (-np.log(want) * 4 / gamma) ** 2 / 16)

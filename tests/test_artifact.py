@@ -226,11 +226,6 @@ def test_wrong_format_and_bad_meta(saved, tmp_path):
         kdistill.load(bad)
 
 
-# Known gaps of kdistill.core.artifact.load (reported; remove the xfail once fixed): these
-# files make it raise TypeError/AttributeError/KeyError/ValueError, or load silently.
-_KNOWN_GAPS = "artifact.load does not turn this malformed file into an ArtifactError"
-
-
 def _npy_instead_of_npz(entries, meta, path):
     with open(path, "wb") as fh:  # a .npy payload: np.load returns an ndarray, not an NpzFile
         np.save(fh, entries["images"])
@@ -249,7 +244,6 @@ def _short_class_ids(entries, meta, path):
     write_npz(path, entries)
 
 
-@pytest.mark.xfail(strict=True, reason=_KNOWN_GAPS)
 @pytest.mark.parametrize(
     "edit",
     [

@@ -104,34 +104,36 @@ def load(path: str | os.PathLike) -> DistilledSet:
     if not path.is_file():
         raise ArtifactError(f"artifact {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"{str(path)!r} is not a readable kdistill artifact (truncated or corrupt?): {exc}") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ArtifactError(f"{str(path)!r} is a single array, not a kdistill artifact (.npz)")
+    try:
+        with npz:
             arrays = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ArtifactError(f"{str(path)!r} is not a readable kdistill artifact (truncated or corrupt?): {exc}") from exc
     missing = [k for k in ("images", "labels", "class_ids", "meta") if k not in arrays]
     if missing:
         raise ArtifactError(f"{str(path)!r} lacks entries {', '.join(missing)}; not a kdistill artifact")
-    try:
-        meta = json.loads(str(arrays["meta"]))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{str(path)!r} has malformed metadata: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{str(path)!r} is not a kdistill artifact (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    meta = _read_meta(path, arrays["meta"])
+    images, labels, class_ids = arrays["images"], arrays["labels"], arrays["class_ids"]
+    if (
+        images.ndim != 4 or labels.ndim != 2 or class_ids.ndim != 1
+        or not (len(images) == len(labels) == len(class_ids))
+        or not np.issubdtype(images.dtype, np.floating) or not np.issubdtype(labels.dtype, np.floating)
+        or not np.issubdtype(class_ids.dtype, np.integer)
+    ):
         raise ArtifactError(
-            f"{str(path)!r} has format version {meta['format_version']}, newer than this "
-            f"kdistill reads ({FORMAT_VERSION}); upgrade kdistill"
-        )
-    images, labels = arrays["images"], arrays["labels"]
-    if images.ndim != 4 or labels.ndim != 2 or len(images) != len(labels):
-        raise ArtifactError(
-            f"{str(path)!r} has inconsistent shapes: images {images.shape}, labels {labels.shape}"
+            f"{str(path)!r} has inconsistent shapes or dtypes: images {images.shape} {images.dtype}, labels "
+            f"{labels.shape} {labels.dtype}, class_ids {class_ids.shape} {class_ids.dtype}"
         )
     prep_state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("preprocess/")}
     return DistilledSet(
         images=images,
         labels=labels,
-        class_ids=arrays["class_ids"],
+        class_ids=class_ids,
         transform=preprocessor_from_state(meta["preprocess"], prep_state),
         config=meta.get("config", {}),
         metrics=meta.get("metrics", {}),
@@ -141,3 +143,24 @@ def load(path: str | os.PathLike) -> DistilledSet:
         version=str(meta.get("kdistill_version", "")),
         dataset=meta.get("dataset", {}),
     )
+
+
+def _read_meta(path: Path, raw: np.ndarray) -> dict[str, Any]:
+    """Parse and check the JSON metadata entry. Raises ArtifactError."""
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{str(path)!r} has malformed metadata: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{str(path)!r} is not a kdistill artifact (metadata lacks format {FORMAT!r})")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f"{str(path)!r} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{str(path)!r} has format version {version}, newer than this kdistill reads "
+            f"({FORMAT_VERSION}); upgrade kdistill"
+        )
+    if not isinstance(meta.get("preprocess"), str):
+        raise ArtifactError(f"{str(path)!r} metadata lacks the preprocessing name")
+    return meta

@@ -91,18 +91,30 @@ def _int_at_least(lo: int):
     return validate
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive_float(inst, attr, value):
     _check(
-        isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+        _is_number(value) and value > 0,
         f"{attr.name} must be a finite number > 0, got {value!r}",
     )
 
 
 def _nonneg_float(inst, attr, value):
     _check(
-        isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+        _is_number(value) and value >= 0,
         f"{attr.name} must be a finite number >= 0, got {value!r}",
     )
+
+
+def _bool(inst, attr, value):
+    _check(isinstance(value, bool), f"{attr.name} must be true or false, got {value!r}")
+
+
+def _optional_str(inst, attr, value):
+    _check(value is None or isinstance(value, str), f"{attr.name} must be a string (a path), got {value!r}")
 
 
 def _one_of(options):
@@ -143,7 +155,7 @@ class DistillConfig:
 
     method: str = attrs.field(default="kip", validator=_one_of(METHODS))
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = attrs.field(default=None, validator=_optional_str)
     preprocess: str = attrs.field(default="standardize", validator=_one_of(PREPROCESS))
     backend: str = "jax"
     kernel: ComponentSpec = _spec("fc", kind="ntk", depth=1)
@@ -156,12 +168,14 @@ class DistillConfig:
     optimizer: str = attrs.field(default="adam", validator=_one_of(("adam", "sgd")))
     target_batch: int = attrs.field(default=5000, validator=_int_at_least(1))
     ridge: float = attrs.field(default=1e-6, validator=_nonneg_float)
-    learn_labels: bool = False
+    learn_labels: bool = attrs.field(default=False, validator=_bool)
     init: str = attrs.field(default="real", validator=_one_of(INITS))
     dtype: str = attrs.field(default="float32", validator=_one_of(DTYPES))
     seed: int = attrs.field(default=0, validator=_int_at_least(0))
     eval_every: int = attrs.field(default=50, validator=_int_at_least(0))
-    eval_test_size: int | None = None
+    eval_test_size: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_int_at_least(1))
+    )
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

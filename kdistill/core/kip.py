@@ -201,6 +201,13 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
 def _result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:
     from kdistill import __version__
 
+    metrics = {
+        **metrics,
+        "kernel": config.kernel.to_dict(),
+        "eval_kernel": (config.eval_kernel or config.kernel).to_dict(),
+        "backend": config.backend,
+    }
+
     return DistilledSet(
         images=np.asarray(images, np.float32),
         labels=np.asarray(labels, np.float32),

@@ -67,7 +67,7 @@ def distill(config_path, sets, out_dir, grid, progress, **flags: Any) -> None:
     """
     from kdistill.api import make_config
     from kdistill.core.components import build_components, prepare_data
-    from kdistill.core.kip import run_kip, run_label_solve
+    from kdistill.core.kip import run_label_solve
 
     try:
         overrides = {k: v for k, v in flags.items() if k in _FLAG_FIELDS and v is not None}

@@ -95,9 +95,14 @@ def load_dataset(config: DistillConfig, registry: Registry | None = None):
     return loader(config.data_dir)
 
 
-def prepare_data(config: DistillConfig, dataset=None, registry: Registry | None = None) -> PreparedData:
+def prepare_data(
+    config: DistillConfig, dataset=None, registry: Registry | None = None, transform=None
+) -> PreparedData:
     """Load (unless ``dataset`` is given), validate, and preprocess the data.
 
+    Args:
+        transform: an already fitted preprocessor (e.g. an artifact's); by default
+            ``config.preprocess`` is fitted on the training split.
     Raises:
         DataFileError: missing/malformed files. DataError: NaN/Inf values, or a class
         with fewer than ``ipc`` training examples.
@@ -112,7 +117,8 @@ def prepare_data(config: DistillConfig, dataset=None, registry: Registry | None 
         raise DataError(
             f"ipc={config.ipc} but class {c} of {ds.name} has only {counts[c]} training examples"
         )
-    transform = fit_preprocessor(config.preprocess, ds.x_train)
+    if transform is None:
+        transform = fit_preprocessor(config.preprocess, ds.x_train)
     return PreparedData(
         x_train=transform.transform(ds.x_train),
         y_train=ds.y_train.astype(np.int64),

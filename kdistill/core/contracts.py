@@ -19,7 +19,7 @@ from kdistill.core.errors import ConfigError, IncompatibleComponentsError
 
 
 @attrs.define(kw_only=True)
-class Component(ABC):
+class Component:
     """Base of kernels, solvers and losses.
 
     Class attributes:
@@ -57,7 +57,7 @@ class Component(ABC):
 
 
 @attrs.define(kw_only=True)
-class Kernel(Component):
+class Kernel(Component, ABC):
     """A positive semi-definite kernel ``k(x1, x2)`` on batches of examples.
 
     Class attributes:
@@ -114,7 +114,7 @@ def relative_ridge(b: Backend, k_ss: Any, ridge: float) -> Any:
 
 
 @attrs.define(kw_only=True)
-class Solver(Component):
+class Solver(Component, ABC):
     """Kernel ridge regression: fits a predictor from a support set.
 
     Subclasses that work on the kernel matrix implement :meth:`solve`; subclasses that
@@ -153,7 +153,7 @@ class Solver(Component):
 
 
 @attrs.define(kw_only=True)
-class Loss(Component):
+class Loss(Component, ABC):
     """A loss on KRR predictions; may own trainable parameters (Platt's temperature)."""
 
     def init_params(self) -> dict[str, np.ndarray]:

@@ -5,35 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import numpy as np
 
 from kdistill.core.artifact import DistilledSet
-from kdistill.core.components import PreparedData, build_components, load_dataset
+from kdistill.core.components import PreparedData, build_components, load_dataset, prepare_data
 from kdistill.core.config import DistillConfig
 from kdistill.core.errors import DataError
 from kdistill.core.kip import evaluate_support, random_baseline
-from kdistill.core.sampling import centered_one_hot
 
 
 def prepare_with_transform(config: DistillConfig, artifact: DistilledSet) -> PreparedData:
-    """Load the artifact's dataset and apply the artifact's own (stored) transform."""
+    """Load the artifact's dataset and apply the artifact's own (stored) transform.
+
+    Raises:
+        DataError: the dataset's image shape differs from the artifact's.
+    """
     ds = load_dataset(config)
     if list(ds.x_train.shape[1:]) != list(artifact.images.shape[1:]):
         raise DataError(
             f"dataset {ds.name!r} has images of shape {ds.x_train.shape[1:]} but the artifact's "
             f"support images are {artifact.images.shape[1:]}; pass the dataset it was distilled from"
         )
-    t = artifact.transform
-    return PreparedData(
-        x_train=t.transform(ds.x_train),
-        y_train=ds.y_train.astype(np.int64),
-        Y_train=centered_one_hot(ds.y_train, ds.num_classes),
-        x_test=t.transform(ds.x_test),
-        y_test=ds.y_test.astype(np.int64),
-        num_classes=ds.num_classes,
-        transform=t,
-        info=artifact.dataset,
-    )
+    return prepare_data(config, ds, transform=artifact.transform)
 
 
 def evaluate_artifact(

@@ -82,7 +82,7 @@ class Registry:
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not break kdistill
-                warnings.warn(f"kdistill plugin {ep.name!r} from {dist} failed to load: {exc}")
+                warnings.warn(f"kdistill plugin {ep.name!r} from {dist} failed to load: {exc}", stacklevel=2)
                 continue
             if self.pm.is_registered(module):
                 continue
@@ -114,7 +114,8 @@ class Registry:
         if existing is not None and existing.plugin != reg.plugin:
             warnings.warn(
                 f"{SINGULAR[reg.kind]} {reg.name!r} from {reg.package} ignored: already provided by "
-                f"{existing.package}"
+                f"{existing.package}",
+                stacklevel=2,
             )
             return
         self._entries[reg.kind][reg.name] = reg

@@ -6,7 +6,7 @@ can run in float64; arrays are still created as float32 unless asked otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 from kdistill.core.artifact import DistilledSet
 from kdistill.core.artifact import load as load  # re-export
-from kdistill.core.components import build_components, prepare_data
+from kdistill.core.components import build_components, check_run_config, prepare_data
 from kdistill.core.config import DistillConfig
+from kdistill.core.errors import ConfigError
 from kdistill.core.kip import run_kip, run_label_solve
 
 
@@ -25,8 +27,12 @@ def make_config(config: DistillConfig | dict | str | Path | None = None, **overr
         cfg = config
     elif isinstance(config, dict):
         cfg = DistillConfig.from_dict(config)
-    else:
+    elif isinstance(config, (str, os.PathLike)):
         cfg = DistillConfig.from_file(config)
+    else:
+        raise ConfigError(
+            f"config must be a DistillConfig, a dict, a TOML file path or None, got {type(config).__name__}"
+        )
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
@@ -35,22 +41,34 @@ def distill(
     *,
     data=None,
     callback: Callable[[dict], None] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
     **overrides: Any,
 ) -> DistilledSet:
     """Distill a dataset with KIP (or Label Solve if ``method="label-solve"``).
 
     Args:
         config: a DistillConfig, dict, TOML path, or None for the defaults (KIP with
-            the FC1 NTK on the embedded digits data, JAX backend).
+            the FC1 NTK on the embedded digits data, JAX backend). With ``resume`` and
+            no config, the checkpoint's own config.
         data: an in-memory :class:`kdistill.datasets.Dataset` to use instead of
             loading ``config.dataset`` (``dataset`` is the config field naming it).
         callback: called after every step with ``{"step", "loss", ["eval_acc"]}``.
+        run_dir: KIP run directory for ``checkpoint.npz``: written every
+            ``checkpoint_every`` steps and on SIGINT/SIGTERM (the current step finishes,
+            a checkpoint is written, RunInterrupted is raised).
+        resume: continue the run checkpointed in ``run_dir``; the final result equals
+            that of an uninterrupted run bit-for-bit. Config overrides must match the
+            stored config (``checkpoint_every`` may change).
         **overrides: config fields, e.g. ``ipc=1, backend="torch", kernel="rbf"``.
     Returns:
         A :class:`DistilledSet` (``.save(path)`` writes the artifact).
     Raises:
         ConfigError, UnknownComponentError, IncompatibleComponentsError, DataError,
-        DataFileError before any work; NonFiniteLossError during it.
+        DataFileError before any work; CheckpointError when resuming is impossible or
+        a checkpoint cannot be written; NonFiniteLossError / NotPositiveDefiniteError
+        when a step fails numerically beyond the automatic recoveries; RunInterrupted
+        on SIGINT/SIGTERM with a ``run_dir``.
 
     Example::
 
@@ -59,12 +77,23 @@ def distill(
         print(result.metrics["distilled_acc"], result.metrics["random_acc"])
         result.save("digits_kip.npz")
     """
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs run_dir, the directory holding checkpoint.npz")
+    if resume and config is None:
+        from kdistill.core.checkpoint import read_checkpoint
+
+        config = read_checkpoint(run_dir).config
+    if callback is not None and not callable(callback):
+        raise ConfigError(f"callback must be callable, got {type(callback).__name__}")
     cfg = make_config(config, **overrides)
+    check_run_config(cfg)
+    if resume and cfg.method != "kip":
+        raise ConfigError("resume applies to KIP runs only; Label Solve has no steps to resume")
     comps = build_components(cfg)
     prepared = prepare_data(cfg, data)
     if cfg.method == "label-solve":
         return run_label_solve(cfg, comps, prepared)
-    return run_kip(cfg, comps, prepared, callback)
+    return run_kip(cfg, comps, prepared, callback, run_dir=run_dir, resume=resume)
 
 
 def label_solve(

@@ -10,13 +10,13 @@ from typing import Any
 
 import click
 
-from kdistill.core.errors import KdistillError
+from kdistill.core.errors import KdistillError, RunInterrupted
 
 # CLI flag -> config field (None values are not overrides)
 _FLAG_FIELDS = (
     "method", "dataset", "data_dir", "backend", "kernel", "solver", "loss", "eval_kernel",
     "ipc", "steps", "lr", "optimizer", "target_batch", "ridge", "learn_labels", "init",
-    "dtype", "seed", "eval_every", "preprocess",
+    "dtype", "seed", "eval_every", "preprocess", "checkpoint_every",
 )
 
 
@@ -53,54 +53,79 @@ def main() -> None:
 @click.option("--preprocess", type=click.Choice(["standardize", "none"]))
 @click.option("--seed", type=int)
 @click.option("--eval-every", type=int, help="Evaluate every N steps (0: only at the end).")
+@click.option("--checkpoint-every", type=int,
+              help="Write RUN_DIR/checkpoint.npz every N steps (0, the default: only on SIGINT/SIGTERM).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in RUN_DIR from its checkpoint, bit-for-bit; other flags "
+                   "must match the stored config or be absent.")
 @click.option("-s", "--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. -s kernel.depth=2 -s eval_test_size=2000.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Run directory. Default: runs/<dataset>-<method>-ipc<ipc>-<time>.")
 @click.option("--grid/--no-grid", default=True, help="Write grid.png of the distilled images.")
 @click.option("--progress/--no-progress", default=True)
-def distill(config_path, sets, out_dir, grid, progress, **flags: Any) -> None:
+def distill(config_path, sets, out_dir, grid, progress, resume_dir, **flags: Any) -> None:
     """Distill a dataset; writes distilled.npz, config.toml, metrics.json, grid.png.
 
     With no arguments: KIP with the FC1 NTK on the embedded digits data (about a
     minute), printing the distilled vs random-subset KRR accuracy.
+
+    KIP runs write RUN_DIR/checkpoint.npz every --checkpoint-every steps and on
+    SIGINT/SIGTERM (the current step finishes first; exit status 128 + signal);
+    `kdistill distill --resume RUN_DIR` continues such a run.
     """
     from kdistill.api import make_config
-    from kdistill.core.components import build_components, prepare_data
+    from kdistill.core.checkpoint import check_same_config, read_checkpoint
+    from kdistill.core.components import build_components, check_run_config, prepare_data
+    from kdistill.core.errors import ConfigError
     from kdistill.core.kip import run_label_solve
 
     try:
         overrides = {k: v for k, v in flags.items() if k in _FLAG_FIELDS and v is not None}
-        cfg = make_config(config_path).with_overrides(overrides).with_overrides(list(sets))
+        base, resumed_step = config_path, None
+        if resume_dir is not None:
+            if out_dir is not None and Path(out_dir).resolve() != Path(resume_dir).resolve():
+                raise ConfigError(f"--out {out_dir} differs from --resume {resume_dir}: a resumed run "
+                                  "continues in its own directory; drop --out")
+            saved = read_checkpoint(resume_dir)
+            base, resumed_step = (config_path or saved.config), saved.step
+        cfg = make_config(base).with_overrides(overrides).with_overrides(list(sets))
+        check_run_config(cfg)
+        if resume_dir is not None:
+            if cfg.method != "kip":
+                raise ConfigError("--resume applies to KIP runs only; Label Solve has no steps to resume")
+            check_same_config(saved, cfg.to_dict(), resume_dir)
         comps = build_components(cfg)
         data = prepare_data(cfg)
     except KdistillError as exc:
         _fail(exc)
-    out = Path(out_dir or f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}")
+    default_out = f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(resume_dir or out_dir or default_out)
     click.echo(
         f"{cfg.method} on {cfg.dataset} ({len(data.x_train)} train / {len(data.x_test)} test), "
         f"ipc={cfg.ipc}, kernel={cfg.kernel.name} {cfg.kernel.params}, backend={cfg.backend}"
+        + (f"; resuming {out} after step {resumed_step}" if resume_dir is not None else "")
     )
     try:
         if cfg.method == "label-solve":
             result = run_label_solve(cfg, comps, data)
         else:
-            result = _run_with_progress(cfg, comps, data, progress)
+            result = _run_with_progress(cfg, comps, data, progress, out, resume_dir is not None)
+    except RunInterrupted as exc:
+        click.secho(f"stopped: {exc}", fg="yellow", err=True)
+        sys.exit(128 + exc.signum)
     except KdistillError as exc:
         _fail(exc)
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out / "distilled.npz")
-    (out / "config.toml").write_text(cfg.to_toml())
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-    if grid:
-        from kdistill.plotting import save_image_grid
-
-        save_image_grid(
-            result.transform.inverse(result.images), result.class_ids, out / "grid.png",
-            class_names=result.dataset.get("class_names"),
-            title=f"{cfg.dataset} {cfg.method} ipc={cfg.ipc}",
-        )
+    try:
+        _write_outputs(out, cfg, result, grid)
+    except (KdistillError, OSError) as exc:
+        resume = cfg.method == "kip" and (out / "checkpoint.npz").is_file()
+        _fail(f"{exc}" + (f"; the final checkpoint in {out} is intact: free space and run "
+                          f"`kdistill distill --resume {out}` to write the results" if resume else ""))
     m = result.metrics
+    if m.get("recoveries"):
+        last = m["recoveries"][-1]
+        click.echo(f"numerical recoveries: {len(m['recoveries'])} (now ridge={last['ridge']:g}, lr={last['lr']:g})")
     init = "" if m.get("init_acc") is None else f"; initial support set {100 * m['init_acc']:.2f}%"
     click.echo(
         f"KRR test accuracy: distilled {100 * m['distilled_acc']:.2f}%  vs  random real subset "
@@ -109,7 +134,25 @@ def distill(config_path, sets, out_dir, grid, progress, **flags: Any) -> None:
     click.echo(f"wrote {out}/")
 
 
-def _run_with_progress(cfg, comps, data, progress: bool):
+def _write_outputs(out: Path, cfg, result, grid: bool) -> None:
+    """distilled.npz, config.toml, metrics.json (each written atomically) and grid.png."""
+    from kdistill.core.safeio import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "distilled.npz")
+    write_text_atomic(out / "config.toml", cfg.to_toml())
+    write_text_atomic(out / "metrics.json", json.dumps(result.metrics, indent=2))
+    if grid:
+        from kdistill.plotting import save_image_grid
+
+        save_image_grid(
+            result.transform.inverse(result.images), result.class_ids, out / "grid.png",
+            class_names=result.dataset.get("class_names"),
+            title=f"{cfg.dataset} {cfg.method} ipc={cfg.ipc}",
+        )
+
+
+def _run_with_progress(cfg, comps, data, progress: bool, run_dir: Path, resume: bool):
     from tqdm.auto import tqdm
 
     from kdistill.core.kip import run_kip
@@ -121,10 +164,10 @@ def _run_with_progress(cfg, comps, data, progress: bool):
         if "eval_acc" in info:
             state["acc"] = f"{100 * info['eval_acc']:.2f}%"
         bar.set_postfix(loss=f"{info['loss']:.4g}", acc=state.get("acc", "-"), refresh=False)
-        bar.update(1)
+        bar.update(info["step"] - bar.n)  # a resumed run starts past 0
 
     try:
-        return run_kip(cfg, comps, data, callback)
+        return run_kip(cfg, comps, data, callback, run_dir=run_dir, resume=resume)
     finally:
         bar.close()
 

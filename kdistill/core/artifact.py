@@ -9,14 +9,17 @@ Layout (all entries plain numpy arrays, loaded with ``allow_pickle=False``):
 - ``preprocess/<name>`` — preprocessing state (e.g. channel ``mean``, ``std``);
 - ``meta`` — a 0-d unicode array holding JSON: ``format``, ``format_version``,
   ``kdistill_version``, ``preprocess`` (name), ``config``, ``metrics``, ``history``,
-  ``seed``, ``dataset`` info.
+  ``seed``, ``dataset`` info, and ``checksums`` (SHA-256 of every array entry).
+
+Compatibility: every later kdistill reads every earlier ``format_version`` (files
+without ``checksums``, written before they were added, load unchecked); a file of a
+newer format version is refused with a message to upgrade. Fields are only added,
+never renamed or removed, within a format version.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from kdistill.core.errors import ArtifactError
 from kdistill.core.preprocess import preprocessor_from_state
+from kdistill.core.safeio import read_npz, verify_checksums, write_npz
 
 FORMAT = "kdistill-distilled-set"
 FORMAT_VERSION = 1
@@ -61,7 +65,12 @@ class DistilledSet:
     dataset: dict[str, Any] = attrs.field(factory=dict)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the artifact atomically (temp file + rename); returns the path."""
+        """Write the artifact atomically (temp file, fsync, rename); returns the path.
+
+        Raises:
+            ArtifactError: the write failed (e.g. disk full); a previous file at
+                ``path`` is unchanged and no partial file is left.
+        """
         from kdistill import __version__
 
         path = Path(path)
@@ -81,43 +90,40 @@ class DistilledSet:
             "images": np.asarray(self.images, np.float32),
             "labels": np.asarray(self.labels, np.float32),
             "class_ids": np.asarray(self.class_ids, np.int64),
-            "meta": np.array(json.dumps(meta)),
         }
         arrays.update({f"loss/{k}": np.asarray(v) for k, v in self.loss_params.items()})
         arrays.update({f"preprocess/{k}": np.asarray(v) for k, v in self.transform.state().items()})
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        try:
+            return write_npz(path, arrays, meta)
+        except OSError as exc:
+            raise ArtifactError(
+                f"could not write artifact {str(path)!r}: {exc.strerror or exc} (errno {exc.errno}); "
+                "the file was not changed"
+            ) from exc
 
 
 def load(path: str | os.PathLike) -> DistilledSet:
     """Load an artifact written by :meth:`DistilledSet.save`. Never unpickles.
 
+    Returns:
+        The :class:`DistilledSet` (images ``[n_s, H, W, C]``, labels ``[n_s, C]``,
+        class_ids ``[n_s]``, the fitted transform, config, metrics, history).
     Raises:
-        ArtifactError: missing, truncated or malformed file, or a newer format version.
+        ArtifactError: missing, truncated or malformed file, object (pickled) arrays,
+            inconsistent shapes or dtypes, an array whose checksum does not match
+            (tampered or corrupted), or a newer format version.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact {str(path)!r} does not exist")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ArtifactError(f"{str(path)!r} is not a readable kdistill artifact (truncated or corrupt?): {exc}") from exc
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ArtifactError(f"{str(path)!r} is a single array, not a kdistill artifact (.npz)")
-    try:
-        with npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ArtifactError(f"{str(path)!r} is not a readable kdistill artifact (truncated or corrupt?): {exc}") from exc
-    missing = [k for k in ("images", "labels", "class_ids", "meta") if k not in arrays]
-    if missing:
-        raise ArtifactError(f"{str(path)!r} lacks entries {', '.join(missing)}; not a kdistill artifact")
-    meta = _read_meta(path, arrays["meta"])
+    arrays, meta = read_npz(
+        path, fmt=FORMAT, max_version=FORMAT_VERSION, required=("images", "labels", "class_ids", "meta"),
+        error=ArtifactError, what="artifact",
+    )
+    if not isinstance(meta.get("preprocess"), str):
+        raise ArtifactError(f"{str(path)!r} metadata lacks the preprocessing name")
+    kinds = {"config": dict, "metrics": dict, "history": dict, "dataset": dict, "seed": int}
+    bad = [k for k, t in kinds.items() if k in meta and (not isinstance(meta[k], t) or isinstance(meta[k], bool))]
+    if bad:
+        raise ArtifactError(f"{str(path)!r} has malformed metadata fields: {', '.join(bad)}")
     images, labels, class_ids = arrays["images"], arrays["labels"], arrays["class_ids"]
     if (
         images.ndim != 4 or labels.ndim != 2 or class_ids.ndim != 1
@@ -129,6 +135,7 @@ def load(path: str | os.PathLike) -> DistilledSet:
             f"{str(path)!r} has inconsistent shapes or dtypes: images {images.shape} {images.dtype}, labels "
             f"{labels.shape} {labels.dtype}, class_ids {class_ids.shape} {class_ids.dtype}"
         )
+    verify_checksums(path, arrays, meta, ArtifactError, required=False)
     prep_state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("preprocess/")}
     return DistilledSet(
         images=images,
@@ -143,24 +150,3 @@ def load(path: str | os.PathLike) -> DistilledSet:
         version=str(meta.get("kdistill_version", "")),
         dataset=meta.get("dataset", {}),
     )
-
-
-def _read_meta(path: Path, raw: np.ndarray) -> dict[str, Any]:
-    """Parse and check the JSON metadata entry. Raises ArtifactError."""
-    try:
-        meta = json.loads(str(raw))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{str(path)!r} has malformed metadata: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ArtifactError(f"{str(path)!r} is not a kdistill artifact (metadata lacks format {FORMAT!r})")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ArtifactError(f"{str(path)!r} has an invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{str(path)!r} has format version {version}, newer than this kdistill reads "
-            f"({FORMAT_VERSION}); upgrade kdistill"
-        )
-    if not isinstance(meta.get("preprocess"), str):
-        raise ArtifactError(f"{str(path)!r} metadata lacks the preprocessing name")
-    return meta

@@ -42,6 +42,29 @@ class Trainer(ABC):
     def params_numpy(self) -> dict[str, np.ndarray]:
         """Current parameters as numpy arrays (copies)."""
 
+    @abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue training bit-for-bit, as numpy arrays (copies).
+
+        Keys: ``params/<name>`` for every parameter (its dtype and shape) and
+        ``opt/...`` for the optimizer state (backend-specific names: JAX numbers the
+        optax state leaves ``opt/0000``...; torch uses ``opt/<param>/<field>``). The
+        dict holds only numeric arrays, so it can be stored without pickle.
+        After a step that raised NonFiniteLossError, ``state()`` equals its value
+        before the step.
+        """
+
+    @abstractmethod
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Replace parameters and optimizer state with ``state`` (from :meth:`state`
+        of a trainer built with the same backend, parameters, optimizer and dtype;
+        the learning rate may differ).
+
+        Raises:
+            kdistill.core.errors.CheckpointError: keys, shapes or dtypes do not fit
+                this trainer (the message lists them); nothing is changed.
+        """
+
     @property
     @abstractmethod
     def params(self) -> dict[str, Any]:
@@ -102,6 +125,12 @@ class Backend(ABC):
         the clipped function is constant). ``eps`` is the dtype's machine epsilon.
         """
 
+    def stop_gradient(self, x: Any) -> Any:
+        """``x`` as a constant for differentiation (``jax.lax.stop_gradient`` /
+        ``Tensor.detach``); the value is unchanged. Lets a function be written so that
+        autograd yields a known closed-form derivative (see ``fc.relu_layer``)."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement stop_gradient")
+
     def safe_sqrt(self, x: Any) -> Any:
         """``sqrt(max(x, tiny))``: finite value and gradient at and below 0."""
         xp = self.xp
@@ -158,6 +187,49 @@ class Backend(ABC):
     def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Compile ``fn`` where the backend can; identity otherwise."""
         return fn
+
+    def checkpoint(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` rematerialized under reverse-mode differentiation: only its inputs are
+        kept and its forward pass is recomputed in the backward pass (``jax.checkpoint``
+        / ``torch.utils.checkpoint``). Values are unchanged; identity by default."""
+        return fn
+
+    def map(self, fn: Callable[..., Any], xs: tuple) -> tuple:
+        """``fn`` applied to ``tuple(x[i] for x in xs)`` for each ``i`` along the leading
+        axis, one after the other; each output stacked along a new leading axis.
+
+        Sequential on purpose: each call's temporaries are freed (and stay in cache)
+        before the next one (``jax.lax.map`` under JAX, which also compiles ``fn`` once;
+        a Python loop here). Differentiable.
+
+        Args:
+            fn: maps a tuple of arrays to a tuple of arrays of fixed shapes.
+            xs: arrays with the same leading size ``m``.
+        Returns:
+            The tuple of stacked outputs, each ``[m, ...]``.
+        """
+        xp = self.xp
+        outs = [fn(tuple(x[i] for x in xs)) for i in range(xs[0].shape[0])]
+        return tuple(xp.stack([o[j] for o in outs]) for j in range(len(outs[0])))
+
+
+def check_state(state: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], owner: str) -> None:
+    """Check that ``state`` has exactly the keys of ``expected``, each with its shape and dtype.
+
+    Raises:
+        CheckpointError: listing missing, unexpected and mismatched entries.
+    """
+    from kdistill.core.errors import CheckpointError
+
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    for k in expected:
+        if k in state:
+            got, want = np.asarray(state[k]), np.asarray(expected[k])
+            if got.shape != want.shape or got.dtype != want.dtype:
+                problems.append(f"{k} is {got.dtype}{list(got.shape)}, expected {want.dtype}{list(want.shape)}")
+    if problems:
+        raise CheckpointError(f"the saved state does not fit this {owner}: {'; '.join(problems)}")
 
 
 def check_optimizer(name: str, lr: float) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from kdistill.core.config import ComponentSpec, DistillConfig
 from kdistill.core.contracts import Kernel, Loss, Solver
-from kdistill.core.errors import ConfigError, DataError
+from kdistill.core.errors import ConfigError, DataError, IncompatibleComponentsError
 from kdistill.core.preprocess import fit_preprocessor
 from kdistill.core.registry import Registry, get_registry
 from kdistill.core.sampling import centered_one_hot, class_indices
@@ -68,6 +68,28 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
     )
 
 
+def check_run_config(config: DistillConfig) -> None:
+    """Refuse option combinations a run would silently ignore, before any work.
+
+    Label Solve has a closed form: it minimizes the MSE (no other loss), solves the
+    labels (``learn_labels`` does not apply) and has no steps to checkpoint.
+
+    Raises:
+        IncompatibleComponentsError: naming the conflicting options.
+    """
+    if config.method != "label-solve":
+        return
+    conflicts = []
+    if config.loss.name != "mse":
+        conflicts.append(f"loss={config.loss.name!r} (Label Solve minimizes the MSE in closed form; use loss='mse')")
+    if config.learn_labels:
+        conflicts.append("learn_labels=true (Label Solve computes the labels; drop learn_labels)")
+    if config.checkpoint_every:
+        conflicts.append("checkpoint_every > 0 (Label Solve is a single solve with no steps; use 0)")
+    if conflicts:
+        raise IncompatibleComponentsError("method='label-solve' cannot be combined with " + "; ".join(conflicts))
+
+
 @attrs.define
 class PreparedData:
     """Preprocessed splits.
@@ -104,10 +126,21 @@ def prepare_data(
         transform: an already fitted preprocessor (e.g. an artifact's); by default
             ``config.preprocess`` is fitted on the training split.
     Raises:
-        DataFileError: missing/malformed files. DataError: NaN/Inf values, or a class
-        with fewer than ``ipc`` training examples.
+        DataFileError: missing/malformed files. DataError: ``dataset`` (or what the
+        loader returned) is not a :class:`kdistill.datasets.Dataset`, NaN/Inf values,
+        an empty test split, or a class with fewer than ``ipc`` training examples.
     """
+    from kdistill.datasets.base import Dataset
+
     ds = dataset if dataset is not None else load_dataset(config, registry)
+    if not isinstance(ds, Dataset):
+        source = "data" if dataset is not None else f"the loader of dataset {config.dataset!r}"
+        raise DataError(
+            f"{source} must be a kdistill.datasets.Dataset (build one with Dataset(name, x_train, "
+            f"y_train, x_test, y_test, num_classes, class_names)), got {type(ds).__name__}"
+        )
+    if len(ds.x_test) == 0:
+        raise DataError(f"{ds.name} has an empty test split: evaluation needs at least one test example")
     for split, x in (("train", ds.x_train), ("test", ds.x_test)):
         if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
             raise DataError(f"{ds.name} {split} images contain NaN or Inf values")

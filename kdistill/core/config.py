@@ -113,6 +113,10 @@ def _bool(inst, attr, value):
     _check(isinstance(value, bool), f"{attr.name} must be true or false, got {value!r}")
 
 
+def _name(inst, attr, value):
+    _check(isinstance(value, str) and value.strip() != "", f"{attr.name} must be a non-empty name, got {value!r}")
+
+
 def _optional_str(inst, attr, value):
     _check(value is None or isinstance(value, str), f"{attr.name} must be a string (a path), got {value!r}")
 
@@ -151,13 +155,19 @@ class DistillConfig:
         eval_every: evaluate every this many steps (0 = only at the end).
         eval_test_size: test examples used for the intermediate evaluations (None =
             all); the final evaluation always uses the full test set.
+        checkpoint_every: KIP only: write a checkpoint to the run directory every this
+            many steps and after the last step (0 = off; SIGINT/SIGTERM still write
+            one). The only field that may change on resume.
+        nonfinite_retries: automatic recoveries per run from a NaN/Inf step or a
+            failed Cholesky: retry the step with a 10x ridge and half the learning
+            rate (see ``kdistill.core.guard``); 0 = stop at the first failure.
     """
 
     method: str = attrs.field(default="kip", validator=_one_of(METHODS))
-    dataset: str = "digits"
+    dataset: str = attrs.field(default="digits", validator=_name)
     data_dir: str | None = attrs.field(default=None, validator=_optional_str)
     preprocess: str = attrs.field(default="standardize", validator=_one_of(PREPROCESS))
-    backend: str = "jax"
+    backend: str = attrs.field(default="jax", validator=_name)
     kernel: ComponentSpec = _spec("fc", kind="ntk", depth=1)
     solver: ComponentSpec = _spec("cholesky")
     loss: ComponentSpec = _spec("mse")
@@ -176,6 +186,8 @@ class DistillConfig:
     eval_test_size: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_int_at_least(1))
     )
+    checkpoint_every: int = attrs.field(default=0, validator=_int_at_least(0))
+    nonfinite_retries: int = attrs.field(default=2, validator=_int_at_least(0))
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -33,13 +33,41 @@ class DataFileError(DataError, FileNotFoundError):
     """A dataset file is missing or malformed; the message names the expected files."""
 
 
-class NotPositiveDefiniteError(KdistillError, ArithmeticError):
+class NumericalError(KdistillError, ArithmeticError):
+    """A computation produced NaN/Inf or met an unsolvable system (e.g. KRR predictions
+    that are not finite because the kernel overflowed or the system is singular)."""
+
+
+class NotPositiveDefiniteError(NumericalError):
     """The regularized kernel matrix stayed non positive definite after jitter retries."""
 
 
-class NonFiniteLossError(KdistillError, ArithmeticError):
+class NonFiniteLossError(NumericalError):
     """A distillation step produced a NaN or infinite loss or gradient."""
 
 
 class ArtifactError(KdistillError, ValueError):
     """An artifact file is missing, truncated, tampered with or of an unknown version."""
+
+
+class CheckpointError(KdistillError, ValueError):
+    """A checkpoint cannot be written, read or resumed.
+
+    Raised when a checkpoint file is missing, truncated, tampered with or of a newer
+    format; when it does not match the requested run (config or data differ; the
+    message lists the differing fields); or when writing it failed (e.g. a full
+    disk), in which case the previous checkpoint is left intact and named.
+    """
+
+
+class RunInterrupted(KdistillError):
+    """A run stopped on SIGINT/SIGTERM after finishing its current step.
+
+    Attributes:
+        signum: the signal received; step: the last completed step;
+        checkpoint: path of the checkpoint written for it (None without a run directory).
+    """
+
+    def __init__(self, message: str, signum: int, step: int, checkpoint=None):
+        super().__init__(message)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint

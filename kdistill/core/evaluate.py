@@ -17,13 +17,19 @@ def prepare_with_transform(config: DistillConfig, artifact: DistilledSet) -> Pre
     """Load the artifact's dataset and apply the artifact's own (stored) transform.
 
     Raises:
-        DataError: the dataset's image shape differs from the artifact's.
+        DataError: the dataset's image shape or number of classes differs from the
+            artifact's.
     """
     ds = load_dataset(config)
     if list(ds.x_train.shape[1:]) != list(artifact.images.shape[1:]):
         raise DataError(
             f"dataset {ds.name!r} has images of shape {ds.x_train.shape[1:]} but the artifact's "
             f"support images are {artifact.images.shape[1:]}; pass the dataset it was distilled from"
+        )
+    if artifact.labels.shape[1] != ds.num_classes:
+        raise DataError(
+            f"dataset {ds.name!r} has {ds.num_classes} classes but the artifact's labels have "
+            f"{artifact.labels.shape[1]} columns; pass the dataset it was distilled from"
         )
     return prepare_data(config, ds, transform=artifact.transform)
 

@@ -15,16 +15,27 @@ given the same initialization.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+import warnings
 from typing import Any, Callable
 
+import attrs
 import numpy as np
 
 from kdistill.core.artifact import DistilledSet
+from kdistill.core.checkpoint import (
+    Checkpoint, checkpoint_path, data_fingerprint, ensure_no_checkpoint, open_for_resume,
+)
 from kdistill.core.components import Components, PreparedData
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import NonFiniteLossError
+from kdistill.core.errors import (
+    CheckpointError, NonFiniteLossError, NotPositiveDefiniteError, RunInterrupted,
+)
+from kdistill.core.guard import NumericalGuard
 from kdistill.core.krr import accuracy, krr_predict, label_solve
+from kdistill.core.signals import StopRequest
 from kdistill.core.sampling import TargetSampler, balanced_subset, centered_one_hot
 
 
@@ -88,30 +99,66 @@ def run_kip(
     comps: Components,
     data: PreparedData,
     callback: Callable[[dict], None] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> DistilledSet:
     """Run KIP for ``config.steps`` steps and return the distilled set.
 
     Args:
         callback: called with a dict after every step (``step``, ``loss``, and, on
             evaluation steps, ``eval_acc``); used by the CLI's progress bar.
+        run_dir: directory of ``checkpoint.npz`` (:mod:`kdistill.core.checkpoint`).
+            With it, a checkpoint is written every ``config.checkpoint_every`` steps and
+            after the last step (if ``checkpoint_every > 0``), and SIGINT/SIGTERM finish
+            the current step, write a checkpoint and raise RunInterrupted.
+        resume: continue from ``run_dir``'s checkpoint. The result is bit-for-bit the
+            one an uninterrupted run gives (same config, data and backend).
     Raises:
-        NonFiniteLossError: a step produced a NaN/Inf loss or gradient (the message
-            names the step and remedies).
+        NonFiniteLossError, NotPositiveDefiniteError: a step failed numerically and the
+            automatic recoveries (``config.nonfinite_retries``, see
+            :mod:`kdistill.core.guard`) did not help; the message names the step,
+            remedies and the last checkpoint.
+        CheckpointError: cannot resume (no or corrupt checkpoint, config or data
+            differ), a fresh run over an existing checkpoint, or a checkpoint write
+            failed (the run stops; the previous checkpoint is intact).
+        RunInterrupted: SIGINT/SIGTERM, with ``run_dir``.
     """
     start = time.perf_counter()
     b = comps.backend
+    fingerprint = data_fingerprint(data.x_train, data.y_train) if run_dir is not None else ""
     rng = np.random.default_rng(config.seed)
-    images, labels, class_ids = init_support(config, data, rng)
-    params = {"x_s": images}
-    if config.learn_labels:
-        params["y_s"] = labels
-    params.update({f"loss/{k}": v for k, v in comps.loss.init_params().items()})
+    if resume:
+        if run_dir is None:
+            raise CheckpointError("resume=True needs the run directory of the checkpoint (run_dir)")
+        saved = open_for_resume(run_dir, config.to_dict(), fingerprint)
+        labels, class_ids, params = saved.labels, saved.class_ids, saved.params()
+        rng.bit_generator.state = saved.rng_state
+        history, guard = saved.history, NumericalGuard.from_dict(saved.guard, config.dtype)
+        first, elapsed, last_saved = saved.step + 1, saved.elapsed_seconds, saved.step
+    else:
+        if run_dir is not None:
+            ensure_no_checkpoint(run_dir)
+        images, labels, class_ids = init_support(config, data, rng)
+        params = {"x_s": images}
+        if config.learn_labels:
+            params["y_s"] = labels
+        params.update({f"loss/{k}": v for k, v in comps.loss.init_params().items()})
+        history = {"step": [], "loss": [], "eval_step": [], "eval_acc": [], "eval_seconds": []}
+        guard = NumericalGuard.start(config)
+        first, elapsed, last_saved = 1, 0.0, None
     fixed_labels = b.asarray(labels, "float64")
-    trainer = b.make_trainer(
-        make_kip_loss(comps, config, fixed_labels), params, config.optimizer, config.lr, config.dtype
-    )
+
+    def make_trainer(init_params):
+        loss_fn = make_kip_loss(comps, attrs.evolve(config, ridge=guard.ridge), fixed_labels)
+        return b.make_trainer(loss_fn, init_params, config.optimizer, guard.lr, config.dtype)
+
+    trainer = make_trainer(params)
+    if resume:
+        trainer.load_state(saved.trainer_state)
     sampler = TargetSampler(data.y_train, data.num_classes, config.target_batch, rng)
-    history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_acc": [], "eval_seconds": []}
+
+    def seconds() -> float:
+        return elapsed + time.perf_counter() - start
 
     def current():
         p = trainer.params_numpy()
@@ -121,41 +168,96 @@ def run_kip(
         acc = evaluate_support(comps, config, data, *current(), limit=config.eval_test_size)
         history["eval_step"].append(step)
         history["eval_acc"].append(acc)
-        history["eval_seconds"].append(time.perf_counter() - start)
+        history["eval_seconds"].append(seconds())
         return acc
 
-    init_acc = record_eval(0) if config.eval_every else None
-    for step in range(1, config.steps + 1):
-        idx = sampler()
-        x_t, y_t = b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64")
+    def last_checkpoint() -> str:
+        if run_dir is None:
+            return "; no checkpoint (pass a run directory and checkpoint_every to keep progress)"
+        if last_saved is None:
+            return f"; no checkpoint was written to {run_dir} yet"
+        return f"; the last checkpoint (step {last_saved}) in {run_dir} is intact"
+
+    def save(step: int):
+        nonlocal last_saved
+        ckpt = Checkpoint(
+            step=step, config=config.to_dict(), trainer_state=trainer.state(), labels=labels,
+            class_ids=class_ids, rng_state=rng.bit_generator.state, history=history,
+            guard=guard.to_dict(), data_fingerprint=fingerprint, elapsed_seconds=seconds(),
+        )
         try:
-            loss_value = trainer.step(x_t, y_t)
-        except NonFiniteLossError as exc:
-            raise NonFiniteLossError(
-                f"step {step}: {exc}. Remedies: raise the relative ridge (now {config.ridge:g}), "
-                f"lower the learning rate (now {config.lr:g}), or use dtype='float64'"
+            path = ckpt.save(checkpoint_path(run_dir))
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{exc}. The run stopped after step {step}{last_checkpoint()}: free disk space "
+                f"and continue with `kdistill distill --resume {run_dir}`"
             ) from exc
-        history["step"].append(step)
-        history["loss"].append(loss_value)
-        info = {"step": step, "loss": loss_value}
-        if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-            info["eval_acc"] = record_eval(step)
-        if callback is not None:
-            callback(info)
-    train_seconds = time.perf_counter() - start
+        last_saved = step
+        return path
+
+    if not resume and config.eval_every:
+        record_eval(0)
+    with StopRequest(enabled=run_dir is not None) as stop:
+        for step in range(first, config.steps + 1):
+            idx = sampler()
+            x_t, y_t = b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64")
+            loss_value, trainer = _guarded_step(trainer, (x_t, y_t), step, guard, make_trainer, last_checkpoint)
+            history["step"].append(step)
+            history["loss"].append(loss_value)
+            info = {"step": step, "loss": loss_value}
+            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+                info["eval_acc"] = record_eval(step)
+            if callback is not None:
+                callback(info)
+            every, signum = config.checkpoint_every, stop.signum  # read the signal once
+            if run_dir is not None and (signum is not None or (every and (step % every == 0 or step == config.steps))):
+                path = save(step)
+            if signum is not None:
+                raise RunInterrupted(
+                    f"interrupted by {signal.Signals(signum).name} after step {step} of {config.steps}; "
+                    f"checkpoint written to {path}; continue with `kdistill distill --resume {run_dir}` "
+                    "(Python: kdistill.distill(run_dir=..., resume=True))",
+                    signum=signum, step=step, checkpoint=path,
+                )
+    train_seconds = seconds()
 
     final_images, final_labels = current()
     metrics = {
         "method": "kip",
         "distilled_acc": evaluate_support(comps, config, data, final_images, final_labels),
-        "init_acc": init_acc,
+        "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] else None,
         "train_seconds": train_seconds,
         "final_loss": history["loss"][-1] if history["loss"] else None,
+        "recoveries": list(guard.events),
     }
     metrics.update(random_baseline(comps, config, data))
-    metrics["total_seconds"] = time.perf_counter() - start
+    metrics["total_seconds"] = elapsed + time.perf_counter() - start
     loss_params = {k[5:]: v for k, v in trainer.params_numpy().items() if k.startswith("loss/")}
     return _result(config, data, final_images, final_labels, class_ids, metrics, history, loss_params)
+
+
+def _guarded_step(trainer, batch, step: int, guard: NumericalGuard, make_trainer, where: Callable[[], str]):
+    """One trainer step under the numerical guard (see :mod:`kdistill.core.guard`).
+
+    On a NaN/Inf loss or gradient, or a failed Cholesky, the last good state (the
+    trainer left it unchanged) moves into a trainer rebuilt with the guard's remedy and
+    the same batch is retried, while recoveries are left.
+
+    Returns:
+        ``(loss, trainer)``: the trainer may be a new one.
+    Raises:
+        NonFiniteLossError, NotPositiveDefiniteError: no recovery left.
+    """
+    while True:
+        try:
+            return trainer.step(*batch), trainer
+        except (NonFiniteLossError, NotPositiveDefiniteError) as exc:
+            if not guard.escalate(step, exc):
+                raise type(exc)(guard.failure_message(step, exc) + where()) from exc
+            warnings.warn(guard.recovery_message(step, exc), RuntimeWarning, stacklevel=3)
+            good = trainer.state()
+            trainer = make_trainer({k[7:]: v for k, v in good.items() if k.startswith("params/")})
+            trainer.load_state(good)
 
 
 def random_baseline(comps: Components, config: DistillConfig, data: PreparedData) -> dict[str, Any]:

@@ -12,10 +12,76 @@ from typing import Iterator
 import numpy as np
 
 from kdistill.core.contracts import Kernel, Solver
-from kdistill.core.errors import DataError
+from kdistill.core.errors import ConfigError, DataError, IncompatibleComponentsError, NumericalError
 
 #: Default number of target rows per kernel block.
 BLOCK_SIZE = 2048
+
+
+def as_real_array(x, what: str, ndim: int | None = None, min_ndim: int = 1) -> np.ndarray:
+    """``x`` as a numpy array of real numbers (integer or float), all finite.
+
+    Args:
+        what: names the argument in messages. ndim / min_ndim: required rank.
+    Raises:
+        DataError: not convertible, non-numeric dtype (bool, complex, object, str),
+            wrong rank, or NaN/Inf values.
+    """
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # ragged lists, tensors that need .detach(), ...
+        raise DataError(f"{what}: cannot be converted to a numpy array ({exc})") from exc
+    if a.dtype.kind not in "iuf":
+        raise DataError(f"{what}: expected real numbers (integer or float), got dtype {a.dtype}")
+    if (ndim is not None and a.ndim != ndim) or a.ndim < min_ndim:
+        rank = f"{ndim}" if ndim is not None else f">= {min_ndim}"
+        raise DataError(f"{what}: expected an array with {rank} dimensions, got shape {a.shape}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise DataError(f"{what}: contains NaN or infinite values")
+    return a
+
+
+def _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size):
+    """Validate the shared arguments of krr_predict / label_solve; returns numpy arrays."""
+    if kernel.b.name != solver.b.name:
+        raise IncompatibleComponentsError(
+            f"kernel is bound to {kernel.b.name!r} but solver to {solver.b.name!r}; bind both to one backend"
+        )
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (np.isfinite(ridge) and ridge >= 0):
+        raise ConfigError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if dtype not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ConfigError(f"block_size must be an integer >= 1, got {block_size!r}")
+    x_s = as_real_array(x_s, "x_s (support inputs [n_s, ...])", min_ndim=2)
+    if len(x_s) == 0:
+        raise DataError("x_s (support inputs): the support set is empty")
+    if y_s is not None:
+        y_s = as_real_array(y_s, "y_s (support labels [n_s, C])", ndim=2)
+        if y_s.shape[0] != x_s.shape[0] or y_s.shape[1] == 0:
+            raise DataError(
+                f"y_s has shape {y_s.shape} but x_s has {x_s.shape[0]} rows: expected [{x_s.shape[0]}, C>=1]"
+            )
+    return x_s, y_s
+
+
+def _check_targets(x_t, x_s: np.ndarray) -> np.ndarray:
+    x_t = as_real_array(x_t, "x_t (targets [n_t, ...])", min_ndim=2)
+    if x_t.shape[1:] != x_s.shape[1:]:
+        raise DataError(
+            f"x_t examples have shape {x_t.shape[1:]} but support examples {x_s.shape[1:]}; they must match"
+        )
+    return x_t
+
+
+def _check_finite(values: np.ndarray, what: str, ridge: float, dtype: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        hint = ", use dtype='float64'" if dtype == "float32" else ""
+        raise NumericalError(
+            f"{what} are NaN/Inf: the kernel overflowed or K_ss + ridge*I is singular; raise the "
+            f"relative ridge (now {ridge:g}){hint}, or rescale the inputs"
+        )
+    return values
 
 
 def iter_blocks(n: int, block_size: int = BLOCK_SIZE) -> Iterator[slice]:
@@ -45,19 +111,40 @@ def krr_predict(
         progress: optional callable ``progress(n_rows_done)`` after each block.
     Returns:
         ``[n_t, C]`` float64 predictions.
+    Raises:
+        DataError: non-numeric or NaN/Inf inputs, an empty support set, or mismatched
+            shapes (``y_s`` rows vs ``x_s``, ``x_t`` example shape vs ``x_s``).
+        ConfigError: negative/NaN ridge, unknown dtype, bad block_size.
+        IncompatibleComponentsError: kernel and solver on different backends.
+        NotPositiveDefiniteError, NumericalError: unsolvable system or NaN/Inf
+            predictions.
     """
+    x_s, y_s = _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size)
+    x_t = _check_targets(x_t, x_s)
     b = solver.b
     predictor = solver.fit(kernel, b.asarray(x_s, dtype), b.asarray(y_s, "float64"), ridge)
     out = np.empty((len(x_t), y_s.shape[1]), dtype=np.float64)
     for sl in iter_blocks(len(x_t), block_size):
-        out[sl] = b.to_numpy(predictor(b.asarray(x_t[sl], dtype)))
+        out[sl] = _check_finite(b.to_numpy(predictor(b.asarray(x_t[sl], dtype))), "KRR predictions", ridge, dtype)
         if progress is not None:
             progress(sl.stop - sl.start)
     return out
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of rows of ``pred [n, C]`` whose argmax equals ``labels [n]`` (int)."""
+    """Fraction of rows of ``pred [n, C]`` whose argmax equals ``labels [n]`` (int).
+
+    Raises:
+        DataError: empty input, ``pred`` not 2-D, ``labels`` not 1-D integers, or
+            different numbers of rows.
+    """
+    pred = np.asarray(pred)
+    labels = np.asarray(labels)
+    if pred.ndim != 2 or labels.ndim != 1 or labels.dtype.kind not in "iu" or len(pred) != len(labels) or not len(pred):
+        raise DataError(
+            f"accuracy needs predictions [n, C] and integer labels [n] with n >= 1; got "
+            f"{pred.shape} and {labels.shape} {labels.dtype}"
+        )
     return float(np.mean(np.argmax(pred, axis=1) == labels))
 
 
@@ -88,10 +175,21 @@ def label_solve(
     Returns:
         ``[n_s, C]`` float64 labels.
     Raises:
-        DataError: mismatched lengths. NotPositiveDefiniteError: singular systems.
+        DataError: as :func:`krr_predict`, and ``y_t`` not ``[n_t, C]`` with ``n_t``
+            matching ``x_t``. ConfigError: also ``label_ridge`` <= 0.
+        NotPositiveDefiniteError, NumericalError: singular systems, NaN/Inf labels.
     """
+    x_s, _ = _check_support(kernel, solver, x_s, None, ridge, dtype, block_size)
+    x_t = _check_targets(x_t, x_s)
+    y_t = as_real_array(y_t, "y_t (target labels [n_t, C])", ndim=2)
     if len(x_t) != len(y_t):
         raise DataError(f"x_t has {len(x_t)} rows but y_t has {len(y_t)}")
+    if len(x_t) == 0 or y_t.shape[1] == 0:
+        raise DataError(f"label_solve needs at least one target and one class; got y_t of shape {y_t.shape}")
+    if isinstance(label_ridge, bool) or not isinstance(label_ridge, (int, float)) or not (
+        np.isfinite(label_ridge) and label_ridge > 0
+    ):
+        raise ConfigError(f"label_ridge must be a finite number > 0, got {label_ridge!r}")
     b = solver.b
     xp = b.xp
     xs = b.asarray(x_s, dtype)
@@ -105,4 +203,4 @@ def label_solve(
         gram = gram + a_t @ a_t.T
         rhs = rhs + a_t @ b.asarray(y_t[sl], "float64")
     y_s = solver.solve(gram, rhs, label_ridge)
-    return b.to_numpy(y_s)
+    return _check_finite(b.to_numpy(y_s), "solved labels", ridge, dtype)

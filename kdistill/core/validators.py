@@ -12,6 +12,11 @@ def positive(inst, attr, value) -> None:
         raise ConfigError(f"{type(inst).__name__}.{attr.name} must be a finite number > 0, got {value!r}")
 
 
+def finite(inst, attr, value) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ConfigError(f"{type(inst).__name__}.{attr.name} must be a finite number, got {value!r}")
+
+
 def nonneg(inst, attr, value) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ConfigError(f"{type(inst).__name__}.{attr.name} must be a finite number >= 0, got {value!r}")

@@ -26,6 +26,8 @@ def check_images(x: np.ndarray, what: str, error: type[DataError] = DataError) -
         raise error(f"{what}: expected a numpy array, got {type(x).__name__}")
     if x.ndim != 4:
         raise error(f"{what}: expected 4-D images [N, H, W, C], got shape {x.shape}")
+    if min(x.shape[1:]) < 1:
+        raise error(f"{what}: images need H, W, C >= 1, got shape {x.shape}")
     if x.dtype not in IMAGE_DTYPES:
         raise error(f"{what}: expected images of dtype uint8 or float32, got {x.dtype}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():

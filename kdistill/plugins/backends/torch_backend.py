@@ -9,8 +9,8 @@ from typing import Mapping
 
 import numpy as np
 
-from kdistill.core.backend import CHOLESKY_JITTERS, Backend, Trainer, check_optimizer
-from kdistill.core.errors import NonFiniteLossError
+from kdistill.core.backend import CHOLESKY_JITTERS, Backend, Trainer, check_optimizer, check_state
+from kdistill.core.errors import CheckpointError, NonFiniteLossError
 
 
 def _build_safe_arccos():
@@ -57,7 +57,7 @@ class TorchTrainer(Trainer):
         )
         if not finite:
             raise NonFiniteLossError(
-                f"non-finite loss or gradient (loss={float(loss)}); parameters were not updated"
+                f"non-finite loss or gradient (loss={float(loss.detach())}); parameters were not updated"
             )
         self._opt.step()
         return float(loss.detach())
@@ -68,6 +68,44 @@ class TorchTrainer(Trainer):
 
     def params_numpy(self):
         return {k: v.detach().cpu().numpy().copy() for k, v in self._params.items()}
+
+    def state(self):
+        """``params/<name>`` arrays and ``opt/<name>/<field>``, the tensors of
+        ``optimizer.state_dict()["state"]`` (e.g. Adam's ``step``, ``exp_avg``,
+        ``exp_avg_sq``; empty before the first step)."""
+        torch = self._torch
+        out = {f"params/{k}": v for k, v in self.params_numpy().items()}
+        names = list(self._params)
+        for idx, entries in self._opt.state_dict()["state"].items():
+            for field, value in entries.items():
+                if value is not None:
+                    arr = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+                    out[f"opt/{names[idx]}/{field}"] = arr.copy()
+        return out
+
+    def load_state(self, state):
+        torch = self._torch
+        params = {k: v for k, v in state.items() if k.startswith("params/")}
+        check_state(params, {f"params/{k}": v for k, v in self.params_numpy().items()}, "torch trainer")
+        names, opt_state, problems = list(self._params), {}, []
+        for key, value in state.items():
+            if key.startswith("params/"):
+                continue
+            name, _, field = key[4:].rpartition("/") if key.startswith("opt/") else ("", "", "")
+            value = np.asarray(value)
+            if name not in self._params or not field:
+                problems.append(f"unexpected {key}")
+            elif field != "step" and value.shape != tuple(self._params[name].shape):
+                problems.append(f"{key} has shape {list(value.shape)}, expected {list(self._params[name].shape)}")
+            else:
+                opt_state.setdefault(names.index(name), {})[field] = torch.tensor(value)
+        if problems:
+            raise CheckpointError(f"the saved state does not fit this torch trainer: {'; '.join(problems)}")
+        self._opt.load_state_dict({"state": opt_state, "param_groups": self._opt.state_dict()["param_groups"]})
+        with torch.no_grad():
+            for k, p in self._params.items():
+                p.copy_(torch.from_numpy(np.array(state[f"params/{k}"])))
+                p.grad = None
 
 
 class TorchBackend(Backend):
@@ -88,7 +126,7 @@ class TorchBackend(Backend):
         if isinstance(x, torch.Tensor):
             t = x
         else:
-            t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+            t = torch.from_numpy(np.asarray(x, order="C"))
         return t if dtype is None else t.to(self.dtype(dtype))
 
     def to_numpy(self, x):
@@ -99,6 +137,22 @@ class TorchBackend(Backend):
 
     def safe_arccos(self, c):
         return self._safe_arccos(c)
+
+    def stop_gradient(self, x):
+        return x.detach()
+
+    def checkpoint(self, fn):
+        torch = self._torch
+        from torch.utils.checkpoint import checkpoint
+
+        def wrapped(*args):
+            if torch.is_grad_enabled() and any(
+                t.requires_grad for t in torch.utils._pytree.tree_leaves(args) if torch.is_tensor(t)
+            ):
+                return checkpoint(fn, *args, use_reentrant=False)
+            return fn(*args)
+
+        return wrapped
 
     def psd_cholesky(self, a):
         torch = self._torch

@@ -29,21 +29,51 @@ from kdistill.core.validators import kernel_kind, nonneg, positive, positive_int
 
 
 def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float):
-    """One ReLU + Dense step of the arc-cosine recursion.
+    """One ReLU + Dense step of the arc-cosine recursion (Cho & Saul 2009).
+
+    With ``norm = sqrt(kxx kyy)``, ``theta = arccos(k / norm)`` and
+    ``S = sqrt(kxx kyy - k^2) = norm sin(theta)``::
+
+        k_next = sw2/(2 pi) ((pi - theta) k + S) + sb2
+        kdot   = sw2/(2 pi) (pi - theta)
+
+    ``k_next`` is written so that automatic differentiation returns its closed-form
+    derivatives ``dk_next/dk = kdot`` and ``dk_next/dkxx = sw2/(4 pi) S/kxx`` (same for
+    ``kyy``), which are finite everywhere, also at ``|c| = 1`` (identical pixels or
+    patches), where differentiating through arccos would give 0 or infinity: the
+    factors ``pi - theta`` and ``S/2`` enter as constants (``b.stop_gradient``) times
+    ``k`` and ``kxx/kxx + kyy/kyy``. Per entry it costs one arccos, one square root and
+    no division (``kxx``, ``kyy`` are usually small arrays broadcast against ``k``).
+    ``kdot`` differentiates through ``b.safe_arccos`` (guarded at ``|c| = 1``).
 
     Args:
         b: backend.
-        k: ``[...]`` covariances between x and x'; ``kxx``/``kyy`` broadcastable
-            variances of x and x'.
+        k: ``[...]`` covariances between x and x'; ``kxx``/``kyy`` variances of x and x',
+            broadcastable to ``k``, > 0.
+        sw2, sb2: weight and bias variance of the Dense (or conv) layer folded in.
     Returns:
-        ``(k_next, kdot, kxx_next, kyy_next)``.
+        ``(k_next, kdot, kxx_next, kyy_next)``, in the dtype of ``k``.
     """
     xp = b.xp
-    norm = b.safe_sqrt(kxx) * b.safe_sqrt(kyy)
-    theta = b.safe_arccos(k / norm)
-    k_next = sw2 / (2 * math.pi) * norm * (xp.sin(theta) + (math.pi - theta) * xp.cos(theta)) + sb2
-    kdot = sw2 / (2 * math.pi) * (math.pi - theta)
+    sg = b.stop_gradient
+    rx, ry = b.safe_sqrt(kxx), b.safe_sqrt(kyy)  # kxx, kyy are small broadcastable arrays
+    norm = rx * ry
+    c = xp.clip(k / norm, min=-1.0, max=1.0)
+    theta = b.safe_arccos(c)
+    pi_theta = math.pi - theta
+    # S = norm sin(theta) from the same c as theta (sin(arccos c) = sqrt((1-c)(1+c))), so
+    # rounding errors of theta and S cancel to first order near c = 1 (the map is flat there).
+    half_s = sg(0.5 * xp.sqrt((1.0 - c) * (1.0 + c)) * norm)
+    # value: half_s * (1 + 1); derivative in kxx: half_s / kxx = S / (2 kxx)
+    unit = kxx / sg(_floor(xp, kxx)) + kyy / sg(_floor(xp, kyy))
+    k_next = sw2 / (2 * math.pi) * (sg(pi_theta) * k + half_s * unit) + sb2
+    kdot = sw2 / (2 * math.pi) * pi_theta
     return k_next, kdot, 0.5 * sw2 * kxx + sb2, 0.5 * sw2 * kyy + sb2
+
+
+def _floor(xp, v):
+    """``max(v, tiny)``: a variance safe to divide by (its numerator is 0 when ``v`` is)."""
+    return xp.clip(v, min=float(xp.finfo(v.dtype).tiny))
 
 
 @attrs.define(kw_only=True)

@@ -12,6 +12,7 @@ import attrs
 import numpy as np
 
 from kdistill.core.contracts import Loss
+from kdistill.core.validators import finite
 
 
 @attrs.define(kw_only=True)
@@ -23,7 +24,7 @@ class PlattLoss(Loss):
     Trainable parameters: ``{"log_tau": float array of shape []}``.
     """
 
-    init_log_tau: float = attrs.field(default=0.0, converter=float)
+    init_log_tau: float = attrs.field(default=0.0, converter=float, validator=finite)
 
     def init_params(self):
         return {"log_tau": np.asarray(self.init_log_tau, dtype=np.float64)}

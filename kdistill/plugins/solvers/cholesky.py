@@ -29,6 +29,7 @@ class CholeskySolver(Solver):
             raise NotPositiveDefiniteError(
                 f"K_ss + ridge*I ({n}x{n}) is not positive definite even with jitter up to "
                 f"{max(CHOLESKY_JITTERS):g} * mean(diag); raise the relative ridge "
-                f"(now {ridge:g}) or check the support set for NaN/duplicate points"
+                f"(now {ridge:g}; try ridge={max(100 * ridge, 1e-4):g}) or check the support "
+                "set for NaN/duplicate points"
             )
         return b.cho_solve(chol, y)

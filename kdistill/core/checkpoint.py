@@ -1,0 +1,266 @@
+"""Checkpoints of a KIP run: one ``checkpoint.npz`` in the run directory.
+
+A checkpoint holds everything needed to continue a run bit-for-bit: the trainer
+state (parameters: support images ``x_s``, learned labels ``y_s``, loss parameters;
+and the optimizer state), the fixed support labels and class ids, the numpy
+generator state that draws target batches, the step, the per-step history, the
+numerical guard's state (effective ridge and learning rate) and the config.
+
+Layout (written by :func:`kdistill.core.safeio.write_npz`, read with
+``allow_pickle=False``):
+
+- ``trainer/<key>`` — :meth:`kdistill.core.backend.Trainer.state` arrays;
+- ``labels`` ``[n_s, C]`` float32, ``class_ids`` ``[n_s]`` int64;
+- ``meta`` — JSON: ``format`` (``kdistill-checkpoint``), ``format_version``,
+  ``kdistill_version``, ``config``, ``step``, ``rng_state`` (the generator's
+  ``bit_generator.state``, integers as decimal strings since PCG64's are 128-bit),
+  ``history``, ``guard``, ``data_fingerprint``, ``elapsed_seconds``, ``checksums``.
+
+Files are written atomically (temp file, fsync, rename), so a kill or a full disk
+at any moment leaves either the previous checkpoint or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from kdistill.core.errors import CheckpointError
+from kdistill.core.safeio import read_npz, verify_checksums, write_npz
+
+FORMAT = "kdistill-checkpoint"
+FORMAT_VERSION = 1
+FILENAME = "checkpoint.npz"
+
+#: Config fields that may differ on resume: they do not change the trajectory.
+RESUME_MAY_CHANGE = ("checkpoint_every",)
+
+
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """``run_dir / "checkpoint.npz"``."""
+    return Path(run_dir) / FILENAME
+
+
+@attrs.define(kw_only=True)
+class Checkpoint:
+    """The state of a KIP run after ``step`` completed steps.
+
+    Attributes:
+        step: completed steps (>= 0).
+        config: the run config as a dict (``DistillConfig.to_dict``).
+        trainer_state: :meth:`Trainer.state` (``params/...``, ``opt/...`` arrays).
+        labels: ``[n_s, C]`` float32 fixed support labels; class_ids: ``[n_s]`` int64.
+        rng_state: ``numpy.random.Generator.bit_generator.state`` (a dict).
+        history: per-step records so far; guard: :class:`NumericalGuard` as a dict.
+        data_fingerprint: :func:`data_fingerprint` of the prepared training data.
+        elapsed_seconds: training time spent so far (all sessions).
+    """
+
+    step: int
+    config: dict[str, Any]
+    trainer_state: dict[str, np.ndarray]
+    labels: np.ndarray
+    class_ids: np.ndarray
+    rng_state: dict[str, Any]
+    history: dict[str, list]
+    guard: dict[str, Any]
+    data_fingerprint: str
+    elapsed_seconds: float = 0.0
+    version: str = ""
+
+    def params(self) -> dict[str, np.ndarray]:
+        """The trainer's parameters (``params/<name>`` entries without the prefix)."""
+        return {k[7:]: v for k, v in self.trainer_state.items() if k.startswith("params/")}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically; creates the parent directory.
+
+        Raises:
+            CheckpointError: the write failed (e.g. disk full); the file at ``path``
+                still holds the previous checkpoint, if there was one.
+        """
+        from kdistill import __version__
+
+        path = Path(path)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kdistill_version": self.version or __version__,
+            "step": int(self.step),
+            "config": self.config,
+            "rng_state": encode_rng_state(self.rng_state),
+            "history": self.history,
+            "guard": self.guard,
+            "data_fingerprint": self.data_fingerprint,
+            "elapsed_seconds": float(self.elapsed_seconds),
+        }
+        arrays = {f"trainer/{k}": v for k, v in self.trainer_state.items()}
+        arrays["labels"] = np.asarray(self.labels, np.float32)
+        arrays["class_ids"] = np.asarray(self.class_ids, np.int64)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return write_npz(path, arrays, meta)
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not write checkpoint {str(path)!r} at step {self.step}: "
+                f"{exc.strerror or exc} (errno {exc.errno}); the file was not changed"
+            ) from exc
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by :meth:`Checkpoint.save`. Never unpickles.
+
+    Raises:
+        CheckpointError: missing, truncated, tampered (checksum), malformed, or of a
+            newer format version.
+    """
+    arrays, meta = read_npz(
+        path, fmt=FORMAT, max_version=FORMAT_VERSION, required=("labels", "class_ids"),
+        error=CheckpointError, what="checkpoint",
+    )
+    verify_checksums(path, arrays, meta, CheckpointError)
+    name = str(path)
+    fields = {"step": int, "config": dict, "rng_state": dict, "history": dict, "guard": dict,
+              "data_fingerprint": str}
+    bad = [k for k, t in fields.items() if not isinstance(meta.get(k), t) or isinstance(meta.get(k), bool)]
+    if bad or meta["step"] < 0:
+        raise CheckpointError(f"{name!r} has malformed metadata fields: {', '.join(bad) or 'step'}")
+    try:
+        rng_state = decode_rng_state(meta["rng_state"])
+        np.random.Generator(np.random.PCG64()).bit_generator.state = rng_state
+    except Exception as exc:  # numpy raises several types for a malformed state
+        raise CheckpointError(f"{name!r} has an invalid random generator state: {exc}") from exc
+    return Checkpoint(
+        step=meta["step"],
+        config=meta["config"],
+        trainer_state={k[8:]: v for k, v in arrays.items() if k.startswith("trainer/")},
+        labels=arrays["labels"],
+        class_ids=arrays["class_ids"],
+        rng_state=rng_state,
+        history=meta["history"],
+        guard=meta["guard"],
+        data_fingerprint=meta["data_fingerprint"],
+        elapsed_seconds=float(meta.get("elapsed_seconds", 0.0)),
+        version=str(meta.get("kdistill_version", "")),
+    )
+
+
+def encode_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``bit_generator.state`` -> JSON-safe dict: every int becomes a decimal string."""
+    if isinstance(state, dict):
+        return {k: encode_rng_state(v) for k, v in state.items()}
+    if isinstance(state, (int, np.integer)) and not isinstance(state, bool):
+        return str(int(state))
+    return state
+
+
+def decode_rng_state(obj: Any, key: str = "") -> Any:
+    """Inverse of :func:`encode_rng_state` (decimal strings back to ints, except the
+    ``bit_generator`` name)."""
+    if isinstance(obj, dict):
+        return {k: decode_rng_state(v, k) for k, v in obj.items()}
+    if isinstance(obj, str) and key != "bit_generator" and re.fullmatch(r"-?\d+", obj):
+        return int(obj)
+    return obj
+
+
+def data_fingerprint(x_train: np.ndarray, y_train: np.ndarray) -> str:
+    """BLAKE2b (hex) of the prepared training images and labels (dtype, shape, bytes).
+
+    Resume compares it, so a run never continues on different data.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for a in (x_train, y_train):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data if a.size else b"")
+    return h.hexdigest()
+
+
+def config_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Fields (other than :data:`RESUME_MAY_CHANGE`) whose values differ, one line each.
+
+    Both dicts are normalized through ``DistillConfig`` first, so fields added to the
+    config after the checkpoint was written compare at their defaults.
+    """
+    from kdistill.core.config import DistillConfig
+
+    a = DistillConfig.from_dict(stored).to_dict()
+    b = DistillConfig.from_dict(requested).to_dict()
+    keys = [k for k in dict.fromkeys([*a, *b]) if k not in RESUME_MAY_CHANGE]
+    return [f"{k}: checkpoint has {a.get(k)!r}, requested {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def open_for_resume(run_dir: str | os.PathLike, config_dict: dict[str, Any], fingerprint: str) -> Checkpoint:
+    """Load ``run_dir``'s checkpoint and check it belongs to this run.
+
+    Raises:
+        CheckpointError: no (readable) checkpoint; the config differs (the message lists
+            every differing field); or the training data differs.
+    """
+    ckpt = read_checkpoint(run_dir)
+    check_same_config(ckpt, config_dict, run_dir)
+    if ckpt.data_fingerprint != fingerprint:
+        raise CheckpointError(
+            f"refusing to resume {str(run_dir)!r}: the training data differs from the data "
+            "the checkpoint was written with (same config, different files or arrays)"
+        )
+    return ckpt
+
+
+def check_same_config(ckpt: Checkpoint, config_dict: dict[str, Any], run_dir: str | os.PathLike) -> None:
+    """Refuse to resume with a config other than the checkpoint's.
+
+    Raises:
+        CheckpointError: listing every differing field (stored vs requested value).
+    """
+    try:
+        diffs = config_differences(ckpt.config, config_dict)
+    except Exception as exc:  # a stored config this version cannot parse
+        raise CheckpointError(
+            f"the checkpoint in {str(run_dir)!r} holds a config this kdistill cannot read: {exc}"
+        ) from exc
+    if diffs:
+        raise CheckpointError(
+            f"refusing to resume {str(run_dir)!r}: the requested config differs from the "
+            f"checkpoint's in {len(diffs)} field(s): " + "; ".join(diffs)
+            + ". Resume with no config flags (or the same ones) to continue this run, or "
+            "start a new run in another directory"
+        )
+
+
+def ensure_no_checkpoint(run_dir: str | os.PathLike) -> None:
+    """Refuse to start a fresh run over an existing checkpoint.
+
+    Raises:
+        CheckpointError: ``run_dir`` already holds a checkpoint (the message says how
+            to resume it).
+    """
+    path = checkpoint_path(run_dir)
+    if path.exists():
+        raise CheckpointError(
+            f"{str(run_dir)!r} already holds a checkpoint ({FILENAME}) of a previous run; "
+            f"continue it with `kdistill distill --resume {run_dir}` (Python: "
+            "resume=True), or choose another run directory"
+        )
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
+    """The checkpoint of ``run_dir`` (its ``.config`` is what resuming without flags uses).
+
+    Raises:
+        CheckpointError: no readable checkpoint.
+    """
+    path = checkpoint_path(run_dir)
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot resume: no checkpoint {str(path)!r} (a run writes one every "
+            "checkpoint_every steps and when interrupted by SIGINT/SIGTERM)"
+        )
+    return load_checkpoint(path)

@@ -1,0 +1,51 @@
+"""Graceful stop on SIGINT/SIGTERM: finish the current step, then stop cleanly.
+
+Used by the KIP loop when it has a run directory: the first SIGINT (Ctrl-C) or
+SIGTERM (``kill``, a batch scheduler's pre-emption) only records the request; the
+loop checks :attr:`StopRequest.signum` after each step, writes a checkpoint and
+raises :class:`kdistill.core.errors.RunInterrupted`. A second signal while the step
+finishes gives up waiting and raises ``KeyboardInterrupt`` at once (no checkpoint).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Context manager that turns SIGINT/SIGTERM into a request to stop.
+
+    Handlers are installed only in the main thread (Python delivers signals there)
+    and only when ``enabled``; the previous handlers are restored on exit.
+
+    Attributes:
+        signum: the first signal received, or None.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # second signal: stop waiting for the step
+            self._restore()
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.signum = signum
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}

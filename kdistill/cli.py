@@ -1,4 +1,4 @@
-"""Command line: ``kdistill distill``, ``kdistill evaluate``, ``kdistill plugins``."""
+"""Command line: ``kdistill distill``, ``evaluate`` (KRR or ``--nn``), ``baseline``, ``report``, ``plugins``."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def main() -> None:
 @click.option("--learn-labels/--fixed-labels", default=None, help="Learn the support labels.")
 @click.option("--init", type=click.Choice(["real", "noise"]))
 @click.option("--dtype", type=click.Choice(["float32", "float64"]))
-@click.option("--preprocess", type=click.Choice(["standardize", "none"]))
+@click.option("--preprocess", type=click.Choice(["standardize", "zca", "none"]),
+              help="standardize (default), zca (layer norm + ZCA 0.1, for RGB data) or none.")
 @click.option("--seed", type=int)
 @click.option("--eval-every", type=int, help="Evaluate every N steps (0: only at the end).")
 @click.option("--checkpoint-every", type=int,
@@ -179,8 +180,25 @@ def _run_with_progress(cfg, comps, data, progress: bool, run_dir: Path, resume: 
 @click.option("--backend", help="jax or torch (default: as recorded).")
 @click.option("-s", "--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override, e.g. -s eval_kernel.depth=2 -s ridge=1e-4.")
-def evaluate(artifact, kernel, data_dir, backend, sets) -> None:
-    """KRR test accuracy of ARTIFACT (a distilled.npz or its run directory)."""
+@click.option("--nn", "nn_model", type=click.Choice(["convnet", "fc"]),
+              help="Instead of KRR: train finite networks (PyTorch) on ARTIFACT under an NN protocol.")
+@click.option("--protocol", "protocol_file", type=click.Path(dir_okay=False, exists=True),
+              help="With --nn: protocol as JSON/TOML (or a previous nn_*.json result, to rerun it).")
+@click.option("-p", "--nn-set", "nn_sets", multiple=True, metavar="KEY=VALUE",
+              help="With --nn: protocol field, e.g. -p width=64 -p steps=500 -p loss=ce -p label_mode=argmax.")
+@click.option("--seeds", help="With --nn: comma-separated seeds (default 0,1,2).")
+@click.option("--out", "nn_out", type=click.Path(dir_okay=False),
+              help="With --nn: result JSON (default: nn_<model>.json beside the artifact).")
+@click.option("--progress/--no-progress", "nn_progress", default=True)
+def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_file=None, nn_sets=(),
+             seeds=None, nn_out=None, nn_progress=True) -> None:
+    """KRR test accuracy of ARTIFACT (a distilled.npz or its run directory); with
+    --nn convnet|fc, finite-network test accuracy (mean ± std over seeds) instead."""
+    if nn_model:
+        from kdistill.nn.commands import evaluate_nn_command
+
+        evaluate_nn_command(artifact, nn_model, protocol_file, nn_sets, seeds, data_dir, nn_out, nn_progress)
+        return
     from tqdm.auto import tqdm
 
     from kdistill.core.artifact import load
@@ -202,7 +220,10 @@ def evaluate(artifact, kernel, data_dir, backend, sets) -> None:
 
         overrides.update(dict(parse_override(s) for s in sets))
         n_test = art.dataset.get("n_test")
-        with tqdm(total=n_test, desc="evaluate", unit="img", dynamic_ncols=True) as bar:
+        # both passes (distilled set, random real subset) advance the bar per block of
+        # test images, so tqdm's remaining-time estimate holds for slow kernels too
+        total = 2 * n_test if n_test else None
+        with tqdm(total=total, desc="evaluate (distilled + random subset)", unit="img", dynamic_ncols=True) as bar:
             res = evaluate_artifact(art, overrides, progress=bar.update)
     except KdistillError as exc:
         _fail(exc)
@@ -229,6 +250,16 @@ def plugins() -> None:
     click.echo(f"{'kind':<{widths[0]}}  {'name':<{widths[1]}}  {'package':<{widths[2]}}  description")
     for row in rows:
         click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+
+
+def _add_nn_commands() -> None:
+    from kdistill.nn.commands import baseline, report
+
+    main.add_command(baseline)
+    main.add_command(report)
+
+
+_add_nn_commands()
 
 
 if __name__ == "__main__":

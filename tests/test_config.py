@@ -290,7 +290,7 @@ def test_unknown_keys_list_the_valid_ones():
         ({"seed": -3}, "seed must be an integer >= 0"),
         ({"method": "kipp"}, "method must be one of kip, label-solve; got 'kipp'"),
         ({"init": "zeros"}, "init must be one of real, noise; got 'zeros'"),
-        ({"preprocess": "zca"}, "preprocess must be one of standardize, none; got 'zca'"),
+        ({"preprocess": "pca"}, "preprocess must be one of standardize, none, zca; got 'pca'"),
         ({"optimizer": "lbfgs"}, "optimizer must be one of adam, sgd"),
         ({"dtype": "float16"}, "dtype must be one of float32, float64"),
         ({"kernel": 3}, "a component is a name or a table with 'name', got 3"),

@@ -188,6 +188,12 @@ class Backend(ABC):
         """Compile ``fn`` where the backend can; identity otherwise."""
         return fn
 
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Compile a heavy, shape-static piece of numerical code even where :meth:`jit`
+        is the identity (``torch.compile`` on torch: tens of seconds per input shape, then
+        fused loops). Default: :meth:`jit`."""
+        return self.jit(fn)
+
     def checkpoint(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` rematerialized under reverse-mode differentiation: only its inputs are
         kept and its forward pass is recomputed in the backward pass (``jax.checkpoint``

@@ -32,7 +32,7 @@ import attrs
 
 from kdistill.core.errors import ConfigError
 
-PREPROCESS = ("standardize", "none")
+PREPROCESS = ("standardize", "none", "zca")
 INITS = ("real", "noise")
 METHODS = ("kip", "label-solve")
 DTYPES = ("float32", "float64")
@@ -137,7 +137,9 @@ class DistillConfig:
             for class-balanced real support images; ``target_batch`` targets).
         dataset, data_dir: registered dataset name and its files' directory (None for
             embedded datasets such as ``digits``).
-        preprocess: ``standardize`` (per-channel, fitted on the train split) or ``none``.
+        preprocess: ``standardize`` (per-channel, fitted on the train split), ``zca``
+            (per-image layer norm + ZCA with strength 0.1, fitted on the train split; see
+            ``kdistill.core.preprocess.RegularizedZCA``) or ``none``.
         backend: ``jax`` or ``torch`` (or a plugin's).
         kernel, solver, loss: components (name + hyperparameters).
         eval_kernel: kernel for KRR evaluation; None means the training kernel.

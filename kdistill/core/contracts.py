@@ -85,6 +85,12 @@ class Kernel(Component, ABC):
         """Feature map ``Phi(x)`` ``[n, d]`` with ``k(x, x') = Phi(x) . Phi(x')``."""
         raise NotImplementedError(f"{type(self).__name__} has no explicit feature map")
 
+    def rows_per_block(self, n2: int, input_shape: tuple[int, ...] | None = None) -> int | None:
+        """Preferred number of ``x1`` rows per call when ``k(x1, X2)`` (``n2`` rows of shape
+        ``input_shape``) is computed in row blocks, e.g. by :func:`kdistill.core.krr.krr_predict`,
+        so that progress is reported per block for slow kernels. None: no preference."""
+        return None
+
     def sample(self, seed: int) -> "Kernel":
         """The kernel for one step of a random kernel (deterministic in ``seed``)."""
         return self

@@ -43,7 +43,9 @@ def evaluate_artifact(
         artifact: a loaded :class:`DistilledSet`.
         overrides: config overrides, e.g. ``{"eval_kernel": {"name": "rbf"}}``,
             ``["data_dir=..."]`` or ``["backend=torch"]``.
-        progress: optional callable ``progress(rows_done)`` for the distilled-set pass.
+        progress: optional callable ``progress(rows_done)``, called after every block of
+            test rows of both passes (distilled set, then the random subset: ``2 * n_test``
+            rows in all).
     Returns:
         ``{"distilled_acc", "random_acc", "eval_kernel", "n_support", "n_test"}``.
     """
@@ -59,5 +61,5 @@ def evaluate_artifact(
         "n_support": int(len(artifact.images)),
         "n_test": int(len(data.x_test)),
     }
-    out.update(random_baseline(comps, config, data))
+    out.update(random_baseline(comps, config, data, progress=progress))
     return out

@@ -122,6 +122,9 @@ def krr_predict(
     x_s, y_s = _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size)
     x_t = _check_targets(x_t, x_s)
     b = solver.b
+    hint = kernel.rows_per_block(len(x_s), tuple(x_s.shape[1:]))
+    if hint:  # slow kernels (e.g. convnet) ask for smaller blocks: progress per block
+        block_size = max(1, min(block_size, int(hint)))
     predictor = solver.fit(kernel, b.asarray(x_s, dtype), b.asarray(y_s, "float64"), ridge)
     out = np.empty((len(x_t), y_s.shape[1]), dtype=np.float64)
     for sl in iter_blocks(len(x_t), block_size):

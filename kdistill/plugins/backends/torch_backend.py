@@ -141,6 +141,10 @@ class TorchBackend(Backend):
     def stop_gradient(self, x):
         return x.detach()
 
+    def compile(self, fn):
+        """``torch.compile(fn, dynamic=False)`` (inductor, C++ loops on CPU)."""
+        return self._torch.compile(fn, dynamic=False)
+
     def checkpoint(self, fn):
         torch = self._torch
         from torch.utils.checkpoint import checkpoint

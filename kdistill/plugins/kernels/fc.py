@@ -41,8 +41,8 @@ def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float):
     derivatives ``dk_next/dk = kdot`` and ``dk_next/dkxx = sw2/(4 pi) S/kxx`` (same for
     ``kyy``), which are finite everywhere, also at ``|c| = 1`` (identical pixels or
     patches), where differentiating through arccos would give 0 or infinity: the
-    factors ``pi - theta`` and ``S/2`` enter as constants (``b.stop_gradient``) times
-    ``k`` and ``kxx/kxx + kyy/kyy``. Per entry it costs one arccos, one square root and
+    factors ``kdot`` and ``S`` enter as constants (``b.stop_gradient``) times ``k`` and
+    ``scale/2 (kxx/kxx + kyy/kyy)``. Per entry it costs one arccos, one square root and
     no division (``kxx``, ``kyy`` are usually small arrays broadcast against ``k``).
     ``kdot`` differentiates through ``b.safe_arccos`` (guarded at ``|c| = 1``).
 
@@ -56,18 +56,19 @@ def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float):
     """
     xp = b.xp
     sg = b.stop_gradient
+    scale = sw2 / (2 * math.pi)
     rx, ry = b.safe_sqrt(kxx), b.safe_sqrt(kyy)  # kxx, kyy are small broadcastable arrays
     norm = rx * ry
     c = xp.clip(k / norm, min=-1.0, max=1.0)
-    theta = b.safe_arccos(c)
-    pi_theta = math.pi - theta
+    kdot = scale * (math.pi - b.safe_arccos(c))
     # S = norm sin(theta) from the same c as theta (sin(arccos c) = sqrt((1-c)(1+c))), so
     # rounding errors of theta and S cancel to first order near c = 1 (the map is flat there).
-    half_s = sg(0.5 * xp.sqrt((1.0 - c) * (1.0 + c)) * norm)
-    # value: half_s * (1 + 1); derivative in kxx: half_s / kxx = S / (2 kxx)
-    unit = kxx / sg(_floor(xp, kxx)) + kyy / sg(_floor(xp, kyy))
-    k_next = sw2 / (2 * math.pi) * (sg(pi_theta) * k + half_s * unit) + sb2
-    kdot = sw2 / (2 * math.pi) * pi_theta
+    s = sg(xp.sqrt((1.0 - c) * (1.0 + c)) * norm)
+    # value: scale * S; derivative in kxx: scale * S / (2 kxx)   (kxx / sg(kxx) == 1)
+    unit = (0.5 * scale) * (kxx / sg(_floor(xp, kxx)) + kyy / sg(_floor(xp, kyy)))
+    k_next = sg(kdot) * k + s * unit
+    if sb2:
+        k_next = k_next + sb2
     return k_next, kdot, 0.5 * sw2 * kxx + sb2, 0.5 * sw2 * kyy + sb2
 
 

@@ -1,0 +1,173 @@
+"""Baseline support sets of the same size and format as a distilled set.
+
+Every baseline is a :class:`~kdistill.core.artifact.DistilledSet` in the *same
+preprocessed space* (the distilled artifact's own transform) with centered one-hot
+labels, so ``kdistill evaluate`` scores distilled sets and baselines through one
+code path and under one protocol:
+
+- ``random``: ``ipc`` class-balanced random real training images
+  (``numpy.random.default_rng(seed)``, the draw KIP uses for its initialization);
+- ``kmeans``: per class, the ``ipc`` k-means centroids of that class's training
+  images (scikit-learn ``KMeans(n_clusters=ipc, n_init=n_init, random_state=seed)``
+  on flattened preprocessed pixels);
+- ``herding``: per class, greedy mean matching (Welling 2009; the "herding" baseline
+  of the dataset-distillation literature): pick, one at a time and without
+  replacement, the real image that brings the mean of the picked images closest
+  (Euclidean, preprocessed pixel space) to the class mean. Deterministic.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from kdistill.core.errors import ConfigError, DataError
+from kdistill.core.sampling import balanced_subset, centered_one_hot, class_indices
+
+BASELINES = ("random", "kmeans", "herding")
+
+
+def _check(x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int) -> None:
+    if x.ndim < 2 or len(x) != len(y):
+        raise DataError(f"images {x.shape} and labels {y.shape} disagree")
+    if isinstance(ipc, bool) or not isinstance(ipc, (int, np.integer)) or ipc < 1:
+        raise ConfigError(f"ipc must be an integer >= 1, got {ipc!r}")
+    for c, idx in enumerate(class_indices(y, num_classes)):
+        if len(idx) < ipc:
+            raise DataError(f"class {c} has only {len(idx)} training examples, fewer than ipc={ipc}")
+
+
+def random_subset(y: np.ndarray, num_classes: int, ipc: int, seed: int) -> np.ndarray:
+    """``[num_classes * ipc]`` int64 indices, ``ipc`` distinct per class, grouped by class."""
+    return balanced_subset(y, num_classes, ipc, np.random.default_rng(seed))
+
+
+def herding_select(features: np.ndarray, m: int) -> np.ndarray:
+    """Greedy mean matching: ``m`` distinct row indices of ``features [n, d]``.
+
+    Step k picks ``argmin_i ||mu - (s + f_i) / k||`` over unpicked rows, where ``mu`` is
+    the mean of all rows and ``s`` the sum of the rows picked so far (ties: lowest index).
+
+    Returns:
+        ``[m]`` int64 indices in pick order.
+    Raises:
+        DataError: ``m`` > n.
+    """
+    f = np.asarray(features, np.float64).reshape(len(features), -1)
+    if m > len(f):
+        raise DataError(f"herding needs {m} points but only {len(f)} are given")
+    mu = f.mean(axis=0)
+    s = np.zeros_like(mu)
+    free = np.ones(len(f), bool)
+    picked = []
+    for k in range(1, m + 1):
+        # ||mu - (s + f_i)/k||^2 up to a constant: ||f_i||^2 - 2 f_i.(k mu - s)
+        score = np.einsum("ij,ij->i", f, f) - 2.0 * f @ (k * mu - s)
+        score[~free] = np.inf
+        i = int(np.argmin(score))
+        picked.append(i)
+        free[i] = False
+        s += f[i]
+    return np.array(picked, np.int64)
+
+
+def herding_subset(x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:
+    """``[num_classes * ipc]`` indices: :func:`herding_select` within each class."""
+    _check(x, y, num_classes, ipc)
+    out = []
+    for idx in class_indices(y, num_classes):
+        out.append(idx[herding_select(x[idx].reshape(len(idx), -1), ipc)])
+    return np.concatenate(out)
+
+
+def kmeans_centroids(
+    x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int, seed: int, n_init: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class k-means centroids.
+
+    Args:
+        x: ``[n, H, W, C]`` (any trailing shape) float; y: ``[n]`` int class ids.
+    Returns:
+        ``(centroids [num_classes * ipc, H, W, C] float32, class_ids [num_classes * ipc] int64)``,
+        grouped by class, each class's centroids in scikit-learn's cluster order.
+    """
+    from sklearn.cluster import KMeans
+
+    _check(x, y, num_classes, ipc)
+    cents, ids = [], []
+    for c, idx in enumerate(class_indices(y, num_classes)):
+        km = KMeans(n_clusters=ipc, n_init=n_init, random_state=seed)
+        km.fit(x[idx].reshape(len(idx), -1).astype(np.float64))
+        cents.append(km.cluster_centers_.reshape(ipc, *x.shape[1:]).astype(np.float32))
+        ids.append(np.full(ipc, c, np.int64))
+    return np.concatenate(cents), np.concatenate(ids)
+
+
+def make_baseline(kind: str, data, ipc: int, seed: int, config: dict[str, Any],
+                  dataset_info: dict[str, Any] | None = None):
+    """A baseline :class:`DistilledSet` of ``ipc`` images per class.
+
+    Args:
+        kind: ``random``, ``kmeans`` or ``herding``.
+        data: :class:`kdistill.core.components.PreparedData` (preprocessed, the
+            transform the baseline will carry).
+        config: the run config dict to store (the distilled set's, so the baseline
+            loads the same dataset); ``ipc``, ``steps=0``, ``learn_labels=false`` and
+            ``seed`` are set.
+    Raises:
+        ConfigError: unknown kind or bad ipc. DataError: a class with fewer than ipc images.
+    """
+    from kdistill.core.artifact import DistilledSet
+
+    if kind not in BASELINES:
+        raise ConfigError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+    _check(data.x_train, data.y_train, data.num_classes, ipc)
+    start = time.perf_counter()
+    if kind == "kmeans":
+        images, class_ids = kmeans_centroids(data.x_train, data.y_train, data.num_classes, ipc, seed)
+    else:
+        if kind == "random":
+            idx = random_subset(data.y_train, data.num_classes, ipc, seed)
+        else:
+            idx = herding_subset(data.x_train, data.y_train, data.num_classes, ipc)
+        images, class_ids = data.x_train[idx].astype(np.float32), data.y_train[idx].astype(np.int64)
+    cfg = {**config, "ipc": int(ipc), "steps": 0, "learn_labels": False, "seed": int(seed)}
+    return DistilledSet(
+        images=images,
+        labels=centered_one_hot(class_ids, data.num_classes),
+        class_ids=class_ids,
+        transform=data.transform,
+        config=cfg,
+        metrics={"method": f"baseline:{kind}", "baseline": kind, "seconds": time.perf_counter() - start},
+        history={},
+        seed=int(seed),
+        dataset=dict(dataset_info or data.info),
+    )
+
+
+def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
+                  overrides: dict[str, Any] | list[str] | None = None) -> dict[str, Any]:
+    """Baselines matching a distilled artifact: same dataset, transform and size per class.
+
+    Args:
+        artifact: the distilled :class:`DistilledSet`; its support size must be a
+            multiple of the number of classes.
+        seed: baseline seed (default: the artifact's seed).
+        data: PreparedData in the artifact's space (default: loaded with its transform).
+    Returns:
+        ``{kind: DistilledSet}``.
+    """
+    from kdistill.core.config import DistillConfig
+    from kdistill.core.evaluate import prepare_with_transform
+
+    config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
+    if data is None:
+        data = prepare_with_transform(config, artifact)
+    n = len(artifact.images)
+    if n % data.num_classes:
+        raise DataError(f"the artifact has {n} images, not a multiple of {data.num_classes} classes")
+    ipc = n // data.num_classes
+    seed = artifact.seed if seed is None else seed
+    return {k: make_baseline(k, data, ipc, seed, config.to_dict(), artifact.dataset or data.info) for k in kinds}

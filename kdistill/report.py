@@ -1,0 +1,287 @@
+"""Self-contained HTML report (and a markdown summary) of a run directory.
+
+``build_report(run_dir)`` reads, from ``RUN_DIR``:
+
+- ``distilled.npz`` (required): images, labels, config, metrics, per-step history;
+- ``nn_<model>.json``: finite-network results (``kdistill evaluate --nn``);
+- ``baselines/<kind>/distilled.npz`` and ``baselines/<kind>/nn_<model>.json``
+  (``kdistill baseline``);
+
+and writes ``RUN_DIR/report.html`` (every figure embedded as a base64 PNG, no
+external resources: one file to mail or archive), ``RUN_DIR/report.md`` and the
+figures as ``RUN_DIR/report_files/*.png`` (linked from the markdown).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdistill.core.errors import ArtifactError
+
+
+def _fig_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def grid_png(artifact, title: str) -> bytes:
+    """The distilled images (raw pixel scale), one row per class, as PNG bytes."""
+    import tempfile
+
+    from kdistill.plotting import save_image_grid
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_image_grid(artifact.transform.inverse(artifact.images), artifact.class_ids,
+                               Path(tmp) / "grid.png", class_names=artifact.dataset.get("class_names"),
+                               title=title)
+        return path.read_bytes()
+
+
+def distill_curves_png(history: dict[str, list]) -> bytes | None:
+    """Distillation loss per step and KRR accuracy at evaluation steps, or None without history."""
+    if not history.get("step"):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].plot(history["step"], history["loss"], lw=0.8)
+    axes[0].set_yscale("log")
+    axes[0].set(xlabel="step", ylabel="KIP loss (target batch)", title="distillation loss")
+    if history.get("eval_step"):
+        axes[1].plot(history["eval_step"], 100 * np.asarray(history["eval_acc"]), "o-")
+    axes[1].set(xlabel="step", ylabel="KRR test accuracy %", title="KRR accuracy during distillation")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _fig_png(fig)
+
+
+def nn_curves_png(results: dict[str, dict[str, Any]], model: str) -> bytes | None:
+    """Finite-network training loss and test-accuracy curves (seed 0 of each set)."""
+    rows = {name: r for name, r in results.items() if r is not None}
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, r in rows.items():
+        run = r["runs"][0]
+        axes[0].plot(np.arange(1, len(run["loss"]) + 1), run["loss"], lw=0.8, label=name)
+        if run.get("curve_step"):
+            axes[1].plot(run["curve_step"], 100 * np.asarray(run["curve_acc"]), "o-", label=name, ms=3)
+    axes[0].set_yscale("log")
+    axes[0].set(xlabel="step", ylabel="train loss", title=f"{model}: training loss (seed {rows[next(iter(rows))]['runs'][0]['seed']})")
+    axes[1].set(xlabel="step", ylabel="test accuracy %", title=f"{model}: test accuracy (last point: full test set)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _fig_png(fig)
+
+
+def collect(run_dir: str | Path) -> dict[str, Any]:
+    """Everything the report shows, as plain data.
+
+    Returns:
+        ``{"run_dir", "artifact", "sets": {name: {"artifact", "nn": {model: result}}}, "models"}``;
+        ``sets`` holds ``distilled`` first, then each baseline found.
+    Raises:
+        ArtifactError: no readable ``distilled.npz`` in ``run_dir``.
+    """
+    from kdistill.core.artifact import load
+    from kdistill.nn.train import read_result
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "distilled.npz").is_file():
+        raise ArtifactError(f"{str(run_dir)!r} has no distilled.npz; pass a run directory written by "
+                            "`kdistill distill` or `kdistill baseline`")
+    sets: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, d: Path) -> None:
+        sets[name] = {
+            "artifact": load(d / "distilled.npz"),
+            "nn": {p.stem[3:]: read_result(p) for p in sorted(d.glob("nn_*.json"))},
+        }
+
+    add("distilled", run_dir)
+    base = run_dir / "baselines"
+    if base.is_dir():
+        from kdistill.baselines import BASELINES
+
+        order = {k: i for i, k in enumerate(BASELINES)}  # random, kmeans, herding, then others
+        for d in sorted(base.iterdir(), key=lambda d: (order.get(d.name, len(order)), d.name)):
+            if (d / "distilled.npz").is_file():
+                add(d.name, d)
+    models = sorted({m for s in sets.values() for m in s["nn"]})
+    return {"run_dir": run_dir, "artifact": sets["distilled"]["artifact"], "sets": sets, "models": models}
+
+
+def _fmt_nn(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "–"
+    return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} (n={len(r['test_acc'])})"
+
+
+def metrics_table(info: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per set (distilled, baselines), KRR and NN accuracy columns."""
+    models = info["models"]
+    header = ["set", "method", "support size", "KRR test acc %"] + [f"NN {m} test acc % (mean ± std)" for m in models]
+    rows = []
+    m0 = info["artifact"].metrics
+    for name, s in info["sets"].items():
+        art = s["artifact"]
+        if name == "distilled":
+            krr = m0.get("distilled_acc")
+        elif name == "random":
+            krr = None  # KRR of *a* random subset is m0["random_acc"], a different draw; see notes
+        else:
+            krr = art.metrics.get("krr_acc")
+        method = art.metrics.get("method", art.config.get("method", "?"))
+        rows.append([name, str(method), str(len(art.images)), "–" if krr is None else f"{100 * krr:.2f}"]
+                    + [_fmt_nn(s["nn"].get(m)) for m in models])
+    return header, rows
+
+
+def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Path]:
+    """Write ``report.html``, ``report.md`` and ``report_files/*.png`` into ``run_dir``.
+
+    Returns:
+        ``{"html": path, "markdown": path}``.
+    Raises:
+        ArtifactError: no or unreadable artifact / NN result files.
+    """
+    from kdistill import __version__
+    from kdistill.core.safeio import atomic_write, write_text_atomic
+
+    info = collect(run_dir)
+    run_dir = info["run_dir"]
+    art = info["artifact"]
+    cfg = art.config
+    title = title or f"kdistill report: {cfg.get('dataset')} {cfg.get('method')} ipc={cfg.get('ipc')}"
+    figs: dict[str, bytes] = {"grid": grid_png(art, f"{cfg.get('dataset')} {cfg.get('method')} ipc={cfg.get('ipc')}")}
+    png = distill_curves_png(art.history)
+    if png:
+        figs["distill_curves"] = png
+    for m in info["models"]:
+        png = nn_curves_png({n: s["nn"].get(m) for n, s in info["sets"].items()}, m)
+        if png:
+            figs[f"nn_{m}_curves"] = png
+    files = run_dir / "report_files"
+    files.mkdir(exist_ok=True)
+    for name, data in figs.items():
+        atomic_write(files / f"{name}.png", lambda fh, data=data: fh.write(data))
+
+    header, rows = metrics_table(info)
+    protocols = {m: next((s["nn"][m] for s in info["sets"].values() if m in s["nn"]), None) for m in info["models"]}
+    mismatched = [
+        f"{n}/{m}" for n, s in info["sets"].items() for m, r in s["nn"].items()
+        if protocols[m] is not None and r["protocol_id"] != protocols[m]["protocol_id"]
+    ]
+    sha = hashlib.sha256((run_dir / "distilled.npz").read_bytes()).hexdigest()
+    try:
+        from kdistill.core.config import DistillConfig
+
+        config_text = DistillConfig.from_dict(cfg).to_toml()
+    except Exception:  # an older or foreign config: show it as JSON
+        config_text = json.dumps(cfg, indent=2)
+    provenance = {
+        "artifact": str(run_dir / "distilled.npz"),
+        "artifact_sha256": sha,
+        "written_by_kdistill": art.version,
+        "report_by_kdistill": __version__,
+        "seed": art.seed,
+        "dataset": art.dataset,
+        "report_generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+    machines = {f"{n}/{m}": r["machine"] for n, s in info["sets"].items() for m, r in s["nn"].items()}
+    notes = [
+        "NN accuracies are on the full test set after the last step; mean ± population std over the protocol's seeds.",
+        "Baselines are built in the distilled set's own preprocessed space with centered one-hot labels and "
+        "evaluated under exactly the protocol shown (same protocol id).",
+        f"KRR accuracy of a random real subset recorded at distillation: "
+        f"{100 * art.metrics['random_acc']:.2f}%." if "random_acc" in art.metrics else "",
+    ]
+    if mismatched:
+        notes.append("WARNING: results under different protocols: " + ", ".join(mismatched))
+    notes = [n for n in notes if n]
+
+    # ---- HTML
+    e = html.escape
+
+    def img(name: str, alt: str) -> str:
+        if name not in figs:
+            return f"<p><em>{e(alt)}: not available</em></p>"
+        b64 = base64.b64encode(figs[name]).decode()
+        return f'<figure><img alt="{e(alt)}" src="data:image/png;base64,{b64}"><figcaption>{e(alt)}</figcaption></figure>'
+
+    table = "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>"
+    table += "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>"
+    prot_html = "".join(
+        f"<h3>{e(m)} (id {e(p['protocol_id'])})</h3><p>{e(p['protocol_text'])}</p>"
+        f"<pre>{e(json.dumps(p['protocol'], indent=2))}</pre>"
+        for m, p in protocols.items() if p
+    ) or "<p><em>No finite-network results yet: run <code>kdistill evaluate RUN_DIR --nn convnet</code>.</em></p>"
+    metrics_json = json.dumps(art.metrics, indent=2, default=str)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #bbb;padding:4px 8px;text-align:right}}
+th{{background:#eef}}td:first-child,td:nth-child(2){{text-align:left}}
+pre{{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}}
+img{{max-width:100%}}figure{{margin:0.5em 0}}figcaption{{font-size:12px;color:#555}}
+</style></head><body>
+<h1>{e(title)}</h1>
+<h2>Metrics</h2>
+{table}
+<ul>{''.join(f'<li>{e(n)}</li>' for n in notes)}</ul>
+<h2>Distilled images</h2>
+{img('grid', 'distilled support set (raw pixel scale, one row per class)')}
+<h2>Curves</h2>
+{img('distill_curves', 'distillation loss and KRR test accuracy over steps')}
+{''.join(img(f'nn_{m}_curves', f'{m}: finite-network training loss and test accuracy over steps') for m in info['models'])}
+<h2>Finite-network protocols</h2>
+{prot_html}
+<h2>Run config</h2>
+<pre>{e(config_text)}</pre>
+<h2>Distillation metrics</h2>
+<pre>{e(metrics_json)}</pre>
+<h2>Provenance</h2>
+<pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>
+<h3>Machines of the NN results</h3>
+<pre>{e(json.dumps(machines, indent=2))}</pre>
+</body></html>
+"""
+    html_path = write_text_atomic(run_dir / "report.html", page)
+
+    # ---- markdown
+    md = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += [""] + [f"- {n}" for n in notes] + [""]
+    for m, p in protocols.items():
+        if p:
+            md.append(f"- protocol `{m}`: {p['protocol_text']}")
+    md += ["", *(f"![{name}](report_files/{name}.png)" for name in figs), "",
+           "## Config", "", "```toml", config_text.rstrip(), "```", "",
+           "## Provenance", "", "```json", json.dumps(provenance, indent=2, default=str), "```", ""]
+    md_path = write_text_atomic(run_dir / "report.md", "\n".join(md))
+    return {"html": html_path, "markdown": md_path}

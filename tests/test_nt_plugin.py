@@ -1,0 +1,91 @@
+"""The ``nt`` kernel plugin: neural-tangents stax architectures as kdistill kernels."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kdistill.core.errors import ConfigError, IncompatibleComponentsError
+from kdistill.plugins.kernels.convnet import ConvNetKernel
+from kdistill.plugins.kernels.fc import FCKernel
+from kdistill.plugins.kernels.nt import NTKernel
+
+
+@pytest.fixture
+def nt_available():
+    from kdistill.core.optional import import_neural_tangents
+
+    try:
+        import_neural_tangents()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+
+def test_catalogue_convnet_equals_our_convnet(nt_available, jax_backend, rng):
+    b = jax_backend
+    x1, x2 = b.asarray(rng.standard_normal((3, 8, 8, 2)), "float64"), b.asarray(rng.standard_normal((4, 8, 8, 2)), "float64")
+    for kind in ("nngp", "ntk"):
+        ours = ConvNetKernel(kind=kind, depth=2, stem=True).bind(b)(x1, x2)
+        theirs = NTKernel(arch="convnet", kind=kind, arch_params={"depth": 2, "stem": True}).bind(b)(x1, x2)
+        np.testing.assert_allclose(np.asarray(theirs), np.asarray(ours), rtol=1e-10)
+
+
+def test_import_path_architecture_and_batching(nt_available, jax_backend, rng):
+    """An architecture given as 'module:function' (here the catalogue's own FC) equals our
+    FC kernel, also when computed in blocks of rows."""
+    b = jax_backend
+    x1, x2 = b.asarray(rng.standard_normal((5, 3, 3, 2)), "float64"), b.asarray(rng.standard_normal((7, 3, 3, 2)), "float64")
+    ref = np.asarray(FCKernel(depth=2).bind(b)(x1, x2))
+    for path in ("kdistill.plugins.kernels.nt:fc_arch", "kdistill.plugins.kernels.nt.fc_arch"):
+        k = NTKernel(arch=path, arch_params={"depth": 2}, batch_size=2).bind(b)
+        np.testing.assert_allclose(np.asarray(k(x1, x2)), ref, rtol=1e-10)
+
+
+def test_jax_only(jax_backend, torch_backend, registry):
+    with pytest.raises(IncompatibleComponentsError, match="supports: jax"):
+        NTKernel().bind(torch_backend)
+    from kdistill.core.components import build_components
+    from kdistill.core.config import DistillConfig
+
+    with pytest.raises(IncompatibleComponentsError, match="convnet"):
+        build_components(DistillConfig(backend="torch", kernel={"name": "nt"}), registry)
+
+
+def test_bad_architecture_fails_at_bind(nt_available, jax_backend):
+    with pytest.raises(ConfigError, match="cannot import"):
+        NTKernel(arch="no_such_module.arch").bind(jax_backend)
+    with pytest.raises(ConfigError, match="neither a built-in"):
+        NTKernel(arch="convnet2").bind(jax_backend)
+    with pytest.raises(ConfigError, match="failed"):
+        NTKernel(arch="convnet", arch_params={"no_such_param": 1}).bind(jax_backend)
+    with pytest.raises(ConfigError, match="arch_params"):
+        NTKernel(arch_params=[1, 2])
+
+
+def test_missing_neural_tangents_gives_install_instructions(tmp_path):
+    """With neural-tangents unimportable, kdistill still imports and lists the plugin,
+    and binding the kernel fails with the install command."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["neural_tangents"] = None  # makes `import neural_tangents` fail
+        import kdistill
+        from kdistill.core.registry import Registry
+        from kdistill.core.errors import ConfigError
+        reg = Registry()
+        assert "nt" in reg.names("kernels")
+        k = reg.create("kernels", "nt", arch="convnet")
+        try:
+            k.bind(reg.backend("jax"))
+        except ConfigError as exc:
+            print("ERR", exc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ERR neural-tangents is not usable here" in out.stdout
+    assert "pip install --no-deps neural-tangents==0.6.5" in out.stdout

@@ -9,7 +9,8 @@ time of one JAX tile goes (first conv as a matrix product, the ReLU arc-cosine m
 pooling, the later layers).
 
     python benchmarks/convnet_kernel_speed.py [--kind ntk] [--pairs 16 32] [--nt-pairs 4 4]
-        [--sizes 28x28x1 32x32x3] [--backends jax torch nt] [--dtype float32] [--profile]
+        [--sizes 28x28x1 32x32x3] [--backends jax torch torch-compiled nt] [--dtype float32]
+        [--torch-threads N] [--profile]
 
 Run it on an otherwise idle machine: the numbers scale with free cores.
 """
@@ -46,14 +47,17 @@ def nt_kernel_fn(depth: int = 3):
     return jax.jit(stax.serial(*layers)[2], static_argnames="get")
 
 
-def time_ours(backend_name: str, x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int):
+def time_ours(name: str, x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int):
+    """``name``: ``jax``, ``torch`` (eager) or ``torch-compiled`` (``compile=True``)."""
     from kdistill.core.registry import get_registry
     from kdistill.plugins.kernels.convnet import ConvNetKernel
 
-    b = get_registry().backend(backend_name)
-    k = ConvNetKernel(kind=kind).bind(b)
+    b = get_registry().backend(name.split("-")[0])
+    k = ConvNetKernel(kind=kind, compile=name.endswith("compiled")).bind(b)
     a1, a2 = b.asarray(x1, dtype), b.asarray(x2, dtype)
+    start = time.perf_counter()
     b.to_numpy(k(a1, a2))  # warm-up: compile, variance cache of x2 (as in evaluation)
+    print(f"  ({name}: first call incl. compilation {time.perf_counter() - start:.0f} s)", flush=True)
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
@@ -145,10 +149,18 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--pairs", type=int, nargs=2, default=[16, 32], metavar=("N1", "N2"))
     ap.add_argument("--nt-pairs", type=int, nargs=2, default=[4, 4], metavar=("N1", "N2"))
-    ap.add_argument("--backends", nargs="+", default=["jax", "torch", "nt"])
+    ap.add_argument("--backends", nargs="+", default=["jax", "torch", "torch-compiled", "nt"],
+                    help="jax, torch (eager), torch-compiled (torch.compile), nt (neural-tangents)")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch.set_num_threads (0: torch's default); use 1 on a loaded machine, "
+                         "where OpenMP threads contend with other processes")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     print(f"ConvNet {args.kind.upper()} (3 x conv3x3+ReLU+avgpool, Flatten, Dense), {args.dtype}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
@@ -172,7 +184,7 @@ def main() -> None:
                 results[name] = (out, rate, x1.shape[:1] + x2.shape[:1])
         nt_rate = results["nt"][1] if "nt" in results else None
         print(f"\n{text}:")
-        print(f"  {'implementation':16s} {'pairs':>9s} {'entries/s':>10s} {'vs NT':>7s} {'max rel diff vs NT':>19s}")
+        print(f"  {'implementation':24s} {'pairs':>9s} {'entries/s':>10s} {'vs NT':>7s} {'max rel diff vs NT':>19s}")
         for name, (out, rate, pairs) in results.items():
             label = "neural-tangents" if name == "nt" else f"kdistill {name}"
             speedup = f"{rate / nt_rate:6.1f}x" if nt_rate else "   -   "
@@ -180,7 +192,7 @@ def main() -> None:
             if "nt" in results and name != "nt":
                 ref = results["nt"][0]
                 diff = f"{np.max(np.abs(out[:n1, :n2] - ref) / np.abs(ref)):.1e}"
-            print(f"  {label:16s} {pairs[0]:>4d}x{pairs[1]:<4d} {rate:10.1f} {speedup:>7s} {diff:>19s}")
+            print(f"  {label:24s} {pairs[0]:>4d}x{pairs[1]:<4d} {rate:10.1f} {speedup:>7s} {diff:>19s}")
         if args.profile:
             profile_jax(shape, args.kind, args.dtype)
 

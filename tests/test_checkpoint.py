@@ -269,8 +269,13 @@ def test_without_run_dir_signals_are_not_intercepted():
         if info["step"] == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        kdistill.distill(steps=5, callback=interrupt, **FAST)
+    # a shell starting us in the background sets SIGINT to "ignore": use Python's default
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kdistill.distill(steps=5, callback=interrupt, **FAST)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ------------------------------------------------------------------ real processes

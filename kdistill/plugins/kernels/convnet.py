@@ -26,15 +26,36 @@ images ``x, x'`` is a covariance over pixel pairs ``K[p, q]`` (``p`` a pixel of 
 - readout: Flatten (mean of the diagonal ``K[p, p]``) or GlobalAvgPool (mean over all
   ``(p, q)``), then Dense: ``K <- sw2 K + sb2``, ``Theta <- sw2 Theta + K``.
 
-Computation. The first conv of the inputs is one matrix product of 3x3 patches
-``[n1 H W, 9C] @ [9C, n2 H W]``; later convs are separable sums of diagonally shifted
-slices. Pairs are processed in blocks of ``[b1, H, W, b2, H, W]`` arrays (vectorized over
-``b1 * b2`` pairs) whose size respects ``block_mb``. The per-pixel variances of every
-image come from a separate, cheaper pass over ``[n, H, W, 1, H, W]`` self-covariances.
+Computation (``n1 n2 (H W)^2`` work per layer at full resolution; NT's cost). Measured
+where the time goes (``benchmarks/convnet_kernel_speed.py --profile``): the first layer
+at full resolution, i.e. the first conv and the ReLU map of ``(H W)^2`` entries per pair,
+is over 80% of it; the later blocks are 4x and 16x smaller.
+
+- The first conv of the inputs is one matrix product of 3x3 patches
+  ``[b1 H W, 9C] @ [9C, b2 H W]`` (so ``K0`` is never formed).
+- The first layer's conv, ReLU and pooling run over cache-sized chunks of image rows, one
+  after the other (:meth:`Backend.map`: ``lax.map`` under JAX); pooling maps rows
+  ``2i, 2i+1`` to row ``i``, so only pooled rows (1/4) are kept. NNGP and NTK are stacked
+  into one array so that XLA computes the ReLU map in a single loop. Chunking and
+  stacking measured 2.5x and 4x faster than whole arrays and two outputs.
+- The ReLU map (:func:`~kdistill.plugins.kernels.fc.relu_layer`) has closed-form
+  derivatives, finite at identical pixels (cosine 1); in float32, JAX's arccos is a
+  vectorizing polynomial (XLA's is scalar, 20x slower).
+- Later convs are separable sums of diagonally shifted slices.
+- Pairs are processed in tiles of ``b1 x b2`` pairs (one compiled call) bounded by
+  ``block_mb``; inside a tile, a sequential map over rows of ``x1`` and groups of
+  columns of ``x2`` keeps the later layers' arrays cache-sized.
+- The per-pixel variances of every image (needed by the ReLU map) come from a separate
+  pass over ``[n, H, W, 1, H, W]`` self-covariances, cached for the last inputs seen (the
+  support set of an evaluation is processed once).
+- On torch, ``compile="auto"`` compiles the tile's pieces with ``torch.compile`` once an
+  instance has done enough work.
+
 Without pooling and with the Flatten readout only the diagonal ``K[p, p]`` is ever
 needed (Novak et al. 2019, sec. 3.2), so that kernel costs ``O(n1 n2 H W)`` per layer:
 ``pool=False`` (or the registered name ``convnet-nopool``) is a conv kernel cheap enough to
-train KIP with on a CPU.
+train KIP with on a CPU; its steps are rematerialized under differentiation
+(:meth:`Backend.checkpoint`), so memory stays at one step's working set.
 
 Verified against ``neural_tangents.stax`` (values and input gradients) in
 ``tests/test_convnet.py``.
@@ -277,8 +298,11 @@ class ConvNetKernel(Kernel):
         multiple of the group size and ``b1 * b2 <= pairs_per_block`` (unless a single
         group exceeds it)."""
         ppb = self.pairs_per_block(h, w, itemsize)
-        group = max(1, min(self._group_size(h, w), n2, ppb))
-        b2 = group * max(1, min(-(-n2 // group), ppb // group))
+        gmax = max(1, min(self._group_size(h, w), ppb))
+        b2max = max(gmax, (ppb // gmax) * gmax)
+        cols = -(-n2 // -(-n2 // b2max))  # balanced columns per tile
+        groups = -(-cols // gmax)
+        b2 = -(-cols // groups) * groups  # padding: fewer than `groups` columns per tile
         b1 = max(1, min(n1, ppb // b2))
         return b1, b2
 
@@ -381,11 +405,14 @@ class ConvNetKernel(Kernel):
     def _variances(self, x):
         """Per-pixel variances before every ReLU: list of ``[n, H_l, W_l]``.
 
-        Cached for the last two concrete (not traced) inputs, by identity: a support
-        set predicted against many target blocks is processed once.
+        Cached for the last two concrete (not traced, not requiring gradients, not
+        modified in place since) inputs, by identity: a support set predicted against
+        many target blocks is processed once.
         """
-        for ref, v in self._var_cache:
-            if ref is x:
+        cacheable = self.b.is_concrete(x) and not getattr(x, "requires_grad", False)
+        version = getattr(x, "_version", None)  # torch: bumped by in-place updates
+        for ref, ref_version, v in self._var_cache:
+            if cacheable and ref is x and ref_version == version:
                 return v
         if self.diagonal_only:
             v = self._fn("_diag_variances")(x)
@@ -398,8 +425,8 @@ class ConvNetKernel(Kernel):
             parts = [fn(p[i : i + per]) for i in range(0, n, per)]
             v = [xp.concat([c[l] for c in parts], axis=0) if len(parts) > 1 else parts[0][l]
                  for l in range(len(parts[0]))]
-        if self.b.is_concrete(x):
-            self._var_cache[:] = [(x, v)] + self._var_cache[:1]
+        if cacheable:
+            self._var_cache[:] = [(x, version, v)] + self._var_cache[:1]
         return v
 
     def _self_tile(self, p):

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from kdistill.core.errors import ConfigError
+
 
 def _shape(text: str) -> tuple[int, int, int]:
     h, w, c = (int(v) for v in text.lower().split("x"))
@@ -175,7 +177,7 @@ def main() -> None:
             if name == "nt":
                 try:
                     out, rate = time_nt(x1[:n1], x2[:n2], args.kind, args.dtype, args.repeats)
-                except Exception as exc:  # not installed / incompatible
+                except ConfigError as exc:  # not installed / incompatible
                     print(f"  {text}: neural-tangents unavailable ({exc})")
                     continue
                 results[name] = (out, rate, (n1, n2))

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from kdistill.core.errors import ArtifactError, DataError
-from kdistill.core.preprocess import PREPROCESSORS, RegularizedZCA, fit_preprocessor, preprocessor_from_state
+from kdistill.core.preprocess import (
+    PREPROCESSORS,
+    RegularizedZCA,
+    fit_preprocessor,
+    preprocessor_from_state,
+)
 
 
 def _images(rng, n=400, shape=(4, 4, 3)):

@@ -137,7 +137,7 @@ class RegularizedZCA:
         self._w_inv = np.linalg.inv(self._w)
 
     @classmethod
-    def fit(cls, x_train: np.ndarray, strength: float = 0.1) -> "RegularizedZCA":
+    def fit(cls, x_train: np.ndarray, strength: float = 0.1) -> RegularizedZCA:
         """Fit on ``x_train [n, H, W, C]`` (raw pixels). ``strength`` > 0: the regularizer
         as a fraction of the mean eigenvalue (0.1 as in KIP/RFAD; small values whiten
         fully)."""

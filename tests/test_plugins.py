@@ -36,8 +36,8 @@ EXAMPLE = ROOT / "examples" / "kdistill-laplace"
 
 BUILTINS = {
     "backends": ["jax", "torch"],
-    "kernels": ["convnet", "convnet-nopool", "fc", "nt", "rbf"],
-    "solvers": ["cholesky", "exact"],
+    "kernels": ["convnet", "convnet-nopool", "fc", "nt", "rbf", "rf-convnet", "rf-fc"],
+    "solvers": ["cholesky", "exact", "feature", "low-rank"],
     "losses": ["mse", "platt"],
     "datasets": ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist", "svhn"],
 }
@@ -121,7 +121,7 @@ def test_unknown_name_lists_available(builtin_registry, kind):
 
 
 def test_unknown_name_through_create_backend_and_build(builtin_registry):
-    with pytest.raises(UnknownComponentError, match="available kernels: convnet, convnet-nopool, fc, nt, rbf"):
+    with pytest.raises(UnknownComponentError, match="available kernels: convnet, convnet-nopool, fc, nt, rbf, rf-convnet, rf-fc"):
         builtin_registry.create("kernels", "laplace", gamma=1.0)
     with pytest.raises(UnknownComponentError, match="available backends: jax, torch"):
         builtin_registry.backend("numpy")
@@ -202,7 +202,7 @@ def jaxonly_registry() -> Registry:
 def test_register_plugin_records_package(jaxonly_registry):
     reg = jaxonly_registry.get("kernels", "jaxonly")
     assert (reg.factory, reg.package, reg.version, reg.description) == (JaxOnlyKernel, "test-pkg", "9.9", "test kernel")
-    assert jaxonly_registry.names("kernels") == ["convnet", "convnet-nopool", "fc", "jaxonly", "nt", "rbf"]
+    assert jaxonly_registry.names("kernels") == ["convnet", "convnet-nopool", "fc", "jaxonly", "nt", "rbf", "rf-convnet", "rf-fc"]
     # built-ins are still attributed to kdistill after re-collection
     assert jaxonly_registry.get("kernels", "fc").package == "kdistill"
 
@@ -213,11 +213,11 @@ def test_incompatible_backend_names_supporting_kernels(jaxonly_registry):
         build_components(cfg, jaxonly_registry)
     msg = str(info.value)
     assert "JaxOnlyKernel does not support the 'torch' backend; it supports: jax" in msg
-    assert msg.endswith("Kernels that support 'torch': convnet, convnet-nopool, fc, rbf")
+    assert msg.endswith("Kernels that support 'torch': convnet, convnet-nopool, fc, rbf, rf-convnet, rf-fc")
     assert JaxOnlyKernel.calls == []
     # as the evaluation kernel as well
     cfg = DistillConfig(backend="torch", eval_kernel="jaxonly")
-    with pytest.raises(IncompatibleComponentsError, match="Kernels that support 'torch': convnet, convnet-nopool, fc, rbf$"):
+    with pytest.raises(IncompatibleComponentsError, match="Kernels that support 'torch': convnet, convnet-nopool, fc, rbf, rf-convnet, rf-fc$"):
         build_components(cfg, jaxonly_registry)
     # on JAX the same kernel builds and computes (so the error above is about the backend)
     comps = build_components(DistillConfig(backend="jax", kernel={"name": "jaxonly", "scale": 2.0}), jaxonly_registry)
@@ -230,7 +230,7 @@ def test_incompatible_backend_fails_before_any_work(jaxonly_registry, monkeypatc
     monkeypatch.setattr(registry_module, "_default", jaxonly_registry)
     prepared = []
     monkeypatch.setattr(kdistill.api, "prepare_data", lambda *a, **k: prepared.append(1))
-    with pytest.raises(IncompatibleComponentsError, match="Kernels that support 'torch': convnet, convnet-nopool, fc, rbf"):
+    with pytest.raises(IncompatibleComponentsError, match="Kernels that support 'torch': convnet, convnet-nopool, fc, rbf, rf-convnet, rf-fc"):
         kdistill.distill(backend="torch", kernel="jaxonly", ipc=1, steps=1, target_batch=200, eval_every=0)
     assert prepared == [] and JaxOnlyKernel.calls == []  # no data loaded, no kernel evaluated
     # the CLI reports the same as a usage error and writes nothing
@@ -239,7 +239,7 @@ def test_incompatible_backend_fails_before_any_work(jaxonly_registry, monkeypatc
                                        "--out", str(out)])
     assert result.exit_code == 2
     assert "does not support the 'torch' backend" in result.stderr
-    assert "Kernels that support 'torch': convnet, convnet-nopool, fc, rbf" in result.stderr
+    assert "Kernels that support 'torch': convnet, convnet-nopool, fc, rbf, rf-convnet, rf-fc" in result.stderr
     assert not out.exists() and JaxOnlyKernel.calls == []
 
 
@@ -453,5 +453,5 @@ def test_disable_plugins_env_hides_plugin(laplace_site, tmp_path):
     proc = kd(laplace_site, "distill", "--kernel", "laplace", *FAST_ARGS, "--out", str(out), cwd=tmp_path,
               disable=True)
     assert proc.returncode == 2
-    assert "unknown kernel 'laplace'; available kernels: convnet, convnet-nopool, fc, nt, rbf" in proc.stderr
+    assert "unknown kernel 'laplace'; available kernels: convnet, convnet-nopool, fc, nt, rbf, rf-convnet, rf-fc" in proc.stderr
     assert not out.exists()

@@ -156,6 +156,28 @@ class Backend(ABC):
     def cho_solve(self, chol: Any, b: Any) -> Any:
         """Solve ``(L L^T) x = b`` for ``x`` given lower ``L`` ``[n, n]``, ``b`` ``[n, k]``."""
 
+    def solve_triangular(self, a: Any, b: Any, lower: bool = True) -> Any:
+        """Solve ``a x = b`` for triangular ``a`` ``[n, n]`` (lower if ``lower``, else
+        upper), ``b`` ``[n, k]``; differentiable. The default is a general
+        ``xp.linalg.solve`` (correct, O(n^3)); backends override it with an O(n^2 k)
+        triangular solve."""
+        return self.xp.linalg.solve(a, b)
+
+    # -- convolution ------------------------------------------------------------
+    def conv2d(self, x: Any, w: Any, groups: int = 1) -> Any:
+        """3x3-style 2-D convolution, stride 1, SAME zero padding, NHWC (cross-correlation,
+        as in every deep-learning library).
+
+        Args:
+            x: ``[n, H, W, C_in]`` float array.
+            w: ``[kh, kw, C_in // groups, C_out]`` (HWIO), odd ``kh``, ``kw``; with
+                ``groups > 1`` output channels ``g*C_out/groups ...`` read input channels
+                ``g*C_in/groups ...`` (independent networks side by side).
+        Returns:
+            ``[n, H, W, C_out]`` in the dtype of ``x``. Differentiable in ``x``.
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not implement conv2d")
+
     # -- randomness -------------------------------------------------------------
     @abstractmethod
     def normal(self, seed: int, shape: tuple[int, ...], dtype: str = "float32") -> Any:

@@ -11,6 +11,9 @@ Layout (written by :func:`kdistill.core.safeio.write_npz`, read with
 
 - ``trainer/<key>`` — :meth:`kdistill.core.backend.Trainer.state` arrays;
 - ``labels`` ``[n_s, C]`` float32, ``class_ids`` ``[n_s]`` int64;
+- ``best/<name>`` — the best support set so far under validation (``x_s``, ``y_s``,
+  ``loss/<k>``; only for runs with a validation split), with ``best_step`` and
+  ``best_acc`` in ``meta``;
 - ``meta`` — JSON: ``format`` (``kdistill-checkpoint``), ``format_version``,
   ``kdistill_version``, ``config``, ``step``, ``rng_state`` (the generator's
   ``bit_generator.state``, integers as decimal strings since PCG64's are 128-bit),
@@ -60,6 +63,9 @@ class Checkpoint:
         history: per-step records so far; guard: :class:`NumericalGuard` as a dict.
         data_fingerprint: :func:`data_fingerprint` of the prepared training data.
         elapsed_seconds: training time spent so far (all sessions).
+        best, best_step, best_acc: the support set with the highest validation accuracy
+            so far (parameter name -> array), its step and accuracy; empty / None without
+            a validation split.
     """
 
     step: int
@@ -73,6 +79,9 @@ class Checkpoint:
     data_fingerprint: str
     elapsed_seconds: float = 0.0
     version: str = ""
+    best: dict[str, np.ndarray] = attrs.field(factory=dict)
+    best_step: int | None = None
+    best_acc: float | None = None
 
     def params(self) -> dict[str, np.ndarray]:
         """The trainer's parameters (``params/<name>`` entries without the prefix)."""
@@ -99,8 +108,11 @@ class Checkpoint:
             "guard": self.guard,
             "data_fingerprint": self.data_fingerprint,
             "elapsed_seconds": float(self.elapsed_seconds),
+            "best_step": self.best_step,
+            "best_acc": self.best_acc,
         }
         arrays = {f"trainer/{k}": v for k, v in self.trainer_state.items()}
+        arrays.update({f"best/{k}": v for k, v in self.best.items()})
         arrays["labels"] = np.asarray(self.labels, np.float32)
         arrays["class_ids"] = np.asarray(self.class_ids, np.int64)
         try:
@@ -148,6 +160,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         data_fingerprint=meta["data_fingerprint"],
         elapsed_seconds=float(meta.get("elapsed_seconds", 0.0)),
         version=str(meta.get("kdistill_version", "")),
+        best={k[5:]: v for k, v in arrays.items() if k.startswith("best/")},
+        best_step=meta.get("best_step"),
+        best_acc=meta.get("best_acc"),
     )
 
 

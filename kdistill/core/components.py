@@ -29,6 +29,7 @@ class Components:
     solver: Solver
     loss: Loss
     eval_kernel: Kernel
+    valid_kernel: Kernel | None = None  # None: eval_kernel
 
 
 def build_component(registry: Registry, kind: str, spec: ComponentSpec, backend) -> Any:
@@ -55,16 +56,14 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
     kernel = build_component(registry, "kernels", config.kernel, backend)
     eval_spec = config.eval_kernel or config.kernel
     eval_kernel = build_component(registry, "kernels", eval_spec, backend)
-    if eval_kernel.is_random:
-        raise ConfigError(
-            f"eval_kernel {eval_spec.name!r} is random; evaluate with a deterministic kernel"
-        )
+    valid_spec = config.valid_kernel or eval_spec
     return Components(
         backend=backend,
         kernel=kernel,
         solver=build_component(registry, "solvers", config.solver, backend),
         loss=build_component(registry, "losses", config.loss, backend),
         eval_kernel=eval_kernel,
+        valid_kernel=build_component(registry, "kernels", valid_spec, backend),
     )
 
 
@@ -86,6 +85,8 @@ def check_run_config(config: DistillConfig) -> None:
         conflicts.append("learn_labels=true (Label Solve computes the labels; drop learn_labels)")
     if config.checkpoint_every:
         conflicts.append("checkpoint_every > 0 (Label Solve is a single solve with no steps; use 0)")
+    if config.valid_size or config.patience:
+        conflicts.append("valid_size/patience > 0 (Label Solve has no steps to validate or stop early; use 0)")
     if conflicts:
         raise IncompatibleComponentsError("method='label-solve' cannot be combined with " + "; ".join(conflicts))
 

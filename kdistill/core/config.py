@@ -163,6 +163,14 @@ class DistillConfig:
         nonfinite_retries: automatic recoveries per run from a NaN/Inf step or a
             failed Cholesky: retry the step with a 10x ridge and half the learning
             rate (see ``kdistill.core.guard``); 0 = stop at the first failure.
+        valid_size: KIP only: training examples held out, class-balanced, as a validation
+            split (never used as targets or initialization). With it, the intermediate
+            evaluations score the support set on this split (not the test set) and the
+            run returns the support set with the best validation accuracy (0 = off:
+            intermediate evaluations use the test set and the last support set is kept).
+        valid_kernel: kernel of the validation evaluations; None means ``eval_kernel``.
+        patience: with a validation split, stop when this many evaluations in a row
+            did not improve on the best validation accuracy (0 = never stop early).
     """
 
     method: str = attrs.field(default="kip", validator=_one_of(METHODS))
@@ -190,6 +198,9 @@ class DistillConfig:
     )
     checkpoint_every: int = attrs.field(default=0, validator=_int_at_least(0))
     nonfinite_retries: int = attrs.field(default=2, validator=_int_at_least(0))
+    valid_size: int = attrs.field(default=0, validator=_int_at_least(0))
+    valid_kernel: ComponentSpec | None = _optional_spec()
+    patience: int = attrs.field(default=0, validator=_int_at_least(0))
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -244,8 +255,10 @@ class DistillConfig:
             head, _, sub = key.partition(".")
             if sub:
                 table = data.get(head)
-                if table is None and head == "eval_kernel":
-                    table = data[head] = dict(data["kernel"])  # starts as the training kernel
+                if table is None and head in ("eval_kernel", "valid_kernel"):
+                    # starts as the kernel it defaults to
+                    base = data.get("eval_kernel", data["kernel"]) if head == "valid_kernel" else data["kernel"]
+                    table = data[head] = dict(base)
                 if not isinstance(table, dict):
                     raise ConfigError(f"{head!r} is not a component table; cannot set {key!r}")
                 if sub == "name" and table.get("name") != value:

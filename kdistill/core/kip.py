@@ -10,7 +10,13 @@ parameters) trainable::
 
 The target batch is class-balanced and resampled every step from a numpy generator
 seeded by the run's seed, so runs are deterministic and identical across backends
-given the same initialization.
+given the same initialization. Random-feature kernels (RFAD, Loo et al. 2022) get fresh
+network weights every step, drawn on the host from the run's seed and the step
+(:func:`kdistill.core.random_features.step_seed`) and passed into the step as arrays.
+
+With a validation split (``config.valid_size``), held-out training examples score the
+support set during the run, the best one is kept (and checkpointed) and returned, and
+``config.patience`` stops the run early.
 """
 
 from __future__ import annotations
@@ -31,22 +37,50 @@ from kdistill.core.checkpoint import (
 from kdistill.core.components import Components, PreparedData
 from kdistill.core.config import DistillConfig
 from kdistill.core.errors import (
-    CheckpointError, NonFiniteLossError, NotPositiveDefiniteError, RunInterrupted,
+    CheckpointError, DataError, NonFiniteLossError, NotPositiveDefiniteError, RunInterrupted,
 )
 from kdistill.core.guard import NumericalGuard
 from kdistill.core.krr import accuracy, krr_predict, label_solve
+from kdistill.core.random_features import step_seed
 from kdistill.core.signals import StopRequest
 from kdistill.core.sampling import TargetSampler, balanced_subset, centered_one_hot
 
 
-def init_support(config: DistillConfig, data: PreparedData, rng: np.random.Generator):
-    """Class-balanced initial support set.
+def split_validation(config: DistillConfig, data: PreparedData) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(pool, valid)``: indices of the training examples left for initialization and
+    targets, and of the class-balanced validation split (``config.valid_size`` examples,
+    ``valid_size // C`` per class, drawn from a generator of its own, seeded by
+    ``[seed, 1]``, so the run's other draws are unchanged). ``(None, None)`` without one.
+
+    Raises:
+        DataError: ``valid_size`` is smaller than the number of classes, or leaves a
+            class without enough examples.
+    """
+    if not config.valid_size:
+        return None, None
+    per_class = config.valid_size // data.num_classes
+    if per_class < 1:
+        raise DataError(
+            f"valid_size={config.valid_size} is smaller than the number of classes "
+            f"({data.num_classes}); use at least {data.num_classes} (or 0 for no validation split)"
+        )
+    valid = balanced_subset(data.y_train, data.num_classes, per_class, np.random.default_rng([config.seed, 1]))
+    pool = np.setdiff1d(np.arange(len(data.y_train)), valid)
+    return pool, np.sort(valid)
+
+
+def init_support(config: DistillConfig, data: PreparedData, rng: np.random.Generator, pool: np.ndarray | None = None):
+    """Class-balanced initial support set, drawn from ``pool`` (training indices; None =
+    all).
 
     Returns:
         ``(images [n_s, H, W, C] float32, labels [n_s, C] float32, class_ids [n_s] int64)``;
         images are real training examples (``init="real"``) or standard normal noise.
     """
-    idx = balanced_subset(data.y_train, data.num_classes, config.ipc, rng)
+    if pool is None:
+        idx = balanced_subset(data.y_train, data.num_classes, config.ipc, rng)
+    else:
+        idx = pool[balanced_subset(data.y_train[pool], data.num_classes, config.ipc, rng)]
     class_ids = data.y_train[idx]
     if config.init == "real":
         images = data.x_train[idx].copy()
@@ -70,24 +104,29 @@ def evaluate_support(
         images: ``[n_s, H, W, C]``; labels: ``[n_s, C]``.
         limit: use only the first ``limit`` test examples (None = all).
     """
-    x_test, y_test = data.x_test[:limit], data.y_test[:limit]
-    pred = krr_predict(
-        comps.eval_kernel, comps.solver, images, labels, x_test, config.ridge, config.dtype,
-        progress=progress,
-    )
-    return accuracy(pred, y_test)
+    return score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit], data.y_test[:limit], progress)
+
+
+def score_support(kernel, comps: Components, config: DistillConfig, images, labels, x, y, progress=None) -> float:
+    """KRR accuracy (fraction in [0, 1]) of the support set ``images [n_s, ...]``,
+    ``labels [n_s, C]`` on examples ``x [n, ...]`` with class ids ``y [n]``, under
+    ``kernel`` and the run's solver and ridge."""
+    pred = krr_predict(kernel, comps.solver, images, labels, x, config.ridge, config.dtype, progress=progress)
+    return accuracy(pred, y)
 
 
 def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -> Callable:
     """``loss_fn(params, x_t, y_t) -> scalar`` for the trainer.
 
     ``params`` holds ``x_s`` and, when learned, ``y_s`` and ``loss/<name>`` entries.
+    ``weights``: this step's weights of a random-feature kernel (backend arrays).
     """
     kernel, solver, loss = comps.kernel, comps.solver, comps.loss
 
-    def loss_fn(params, x_t, y_t):
+    def loss_fn(params, x_t, y_t, weights=None):
+        k = kernel if weights is None else kernel.with_weights(weights)
         y_s = params["y_s"] if "y_s" in params else fixed_labels
-        predictor = solver.fit(kernel, params["x_s"], y_s, config.ridge)
+        predictor = solver.fit(k, params["x_s"], y_s, config.ridge)
         loss_params = {k[5:]: v for k, v in params.items() if k.startswith("loss/")}
         return loss(predictor(x_t), y_t, loss_params)
 
@@ -127,6 +166,8 @@ def run_kip(
     b = comps.backend
     fingerprint = data_fingerprint(data.x_train, data.y_train) if run_dir is not None else ""
     rng = np.random.default_rng(config.seed)
+    pool, valid = split_validation(config, data)
+    best: dict[str, Any] = {"params": {}, "step": None, "acc": None, "since": 0}
     if resume:
         if run_dir is None:
             raise CheckpointError("resume=True needs the run directory of the checkpoint (run_dir)")
@@ -135,10 +176,13 @@ def run_kip(
         rng.bit_generator.state = saved.rng_state
         history, guard = saved.history, NumericalGuard.from_dict(saved.guard, config.dtype)
         first, elapsed, last_saved = saved.step + 1, saved.elapsed_seconds, saved.step
+        best.update(params=saved.best, step=saved.best_step, acc=saved.best_acc)
+        if saved.best_step is not None:
+            best["since"] = sum(1 for s in history["eval_step"] if s > saved.best_step)
     else:
         if run_dir is not None:
             ensure_no_checkpoint(run_dir)
-        images, labels, class_ids = init_support(config, data, rng)
+        images, labels, class_ids = init_support(config, data, rng, pool)
         params = {"x_s": images}
         if config.learn_labels:
             params["y_s"] = labels
@@ -155,7 +199,8 @@ def run_kip(
     trainer = make_trainer(params)
     if resume:
         trainer.load_state(saved.trainer_state)
-    sampler = TargetSampler(data.y_train, data.num_classes, config.target_batch, rng)
+    sampler = TargetSampler(data.y_train if pool is None else data.y_train[pool], data.num_classes, config.target_batch, rng)
+    random_kernel = comps.kernel.is_random
 
     def seconds() -> float:
         return elapsed + time.perf_counter() - start
@@ -165,7 +210,15 @@ def run_kip(
         return p["x_s"], p.get("y_s", labels)
 
     def record_eval(step: int) -> float:
-        acc = evaluate_support(comps, config, data, *current(), limit=config.eval_test_size)
+        if valid is None:
+            acc = evaluate_support(comps, config, data, *current(), limit=config.eval_test_size)
+        else:
+            acc = score_support(comps.valid_kernel or comps.eval_kernel, comps, config, *current(),
+                                data.x_train[valid], data.y_train[valid])
+            if best["acc"] is None or acc > best["acc"]:
+                best.update(params=trainer.params_numpy(), step=step, acc=acc, since=0)
+            else:
+                best["since"] += 1
         history["eval_step"].append(step)
         history["eval_acc"].append(acc)
         history["eval_seconds"].append(seconds())
@@ -184,6 +237,7 @@ def run_kip(
             step=step, config=config.to_dict(), trainer_state=trainer.state(), labels=labels,
             class_ids=class_ids, rng_state=rng.bit_generator.state, history=history,
             guard=guard.to_dict(), data_fingerprint=fingerprint, elapsed_seconds=seconds(),
+            best=best["params"], best_step=best["step"], best_acc=best["acc"],
         )
         try:
             path = ckpt.save(checkpoint_path(run_dir))
@@ -199,9 +253,14 @@ def run_kip(
         record_eval(0)
     with StopRequest(enabled=run_dir is not None) as stop:
         for step in range(first, config.steps + 1):
-            idx = sampler()
-            x_t, y_t = b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64")
-            loss_value, trainer = _guarded_step(trainer, (x_t, y_t), step, guard, make_trainer, last_checkpoint)
+            if config.patience and best["since"] >= config.patience:
+                break  # a resumed run that had stopped early
+            idx = sampler() if pool is None else pool[sampler()]
+            batch = (b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64"))
+            if random_kernel:
+                drawn = comps.kernel.draw(step_seed(config.seed, step), data.x_train.shape[1:])
+                batch += ({k: b.asarray(v, config.dtype) for k, v in drawn.items()},)
+            loss_value, trainer = _guarded_step(trainer, batch, step, guard, make_trainer, last_checkpoint)
             history["step"].append(step)
             history["loss"].append(loss_value)
             info = {"step": step, "loss": loss_value}
@@ -219,20 +278,31 @@ def run_kip(
                     "(Python: kdistill.distill(run_dir=..., resume=True))",
                     signum=signum, step=step, checkpoint=path,
                 )
+            if config.patience and best["since"] >= config.patience:
+                if run_dir is not None and config.checkpoint_every and last_saved != step:
+                    save(step)
+                break
     train_seconds = seconds()
 
     final_images, final_labels = current()
+    final_params = trainer.params_numpy()
+    if best["step"] is not None:
+        final_params = best["params"]
+        final_images, final_labels = final_params["x_s"], final_params.get("y_s", labels)
     metrics = {
         "method": "kip",
         "distilled_acc": evaluate_support(comps, config, data, final_images, final_labels),
-        "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] else None,
+        "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and valid is None else None,
         "train_seconds": train_seconds,
         "final_loss": history["loss"][-1] if history["loss"] else None,
         "recoveries": list(guard.events),
     }
     metrics.update(random_baseline(comps, config, data))
+    if valid is not None:
+        metrics.update(eval_split="validation", valid_size=int(len(valid)), best_step=best["step"], best_valid_acc=best["acc"],
+                       steps_run=history["step"][-1] if history["step"] else 0)
     metrics["total_seconds"] = elapsed + time.perf_counter() - start
-    loss_params = {k[5:]: v for k, v in trainer.params_numpy().items() if k.startswith("loss/")}
+    loss_params = {k[5:]: v for k, v in final_params.items() if k.startswith("loss/")}
     return _result(config, data, final_images, final_labels, class_ids, metrics, history, loss_params)
 
 

@@ -174,6 +174,18 @@ class JaxBackend(Backend):
 
         return cho_solve((chol, True), b)
 
+    def solve_triangular(self, a, b, lower=True):
+        from jax.scipy.linalg import solve_triangular
+
+        return solve_triangular(a, b, lower=lower)
+
+    def conv2d(self, x, w, groups=1):
+        """``lax.conv_general_dilated`` in NHWC/HWIO, SAME padding."""
+        return self._jax.lax.conv_general_dilated(
+            x, self.xp.astype(w, x.dtype), (1, 1), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+        )
+
     def normal(self, seed, shape, dtype="float32"):
         key = self._jax.random.PRNGKey(seed)
         return self._jax.random.normal(key, shape, dtype=self.dtype(dtype))

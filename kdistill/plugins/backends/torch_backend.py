@@ -172,6 +172,19 @@ class TorchBackend(Backend):
     def cho_solve(self, chol, b):
         return self._torch.cholesky_solve(b, chol)
 
+    def solve_triangular(self, a, b, lower=True):
+        return self._torch.linalg.solve_triangular(a, b, upper=not lower)
+
+    def conv2d(self, x, w, groups=1):
+        """``torch.nn.functional.conv2d`` on the NHWC data viewed as channels_last NCHW
+        (no copy of ``x``); the result is the NHWC view of a channels_last output."""
+        kh, kw = w.shape[0], w.shape[1]
+        weight = w.to(x.dtype).permute(3, 2, 0, 1).contiguous(memory_format=self._torch.channels_last)
+        out = self._torch.nn.functional.conv2d(
+            x.permute(0, 3, 1, 2), weight, padding=(kh // 2, kw // 2), groups=groups
+        )
+        return out.permute(0, 2, 3, 1)
+
     def normal(self, seed, shape, dtype="float32"):
         gen = self._torch.Generator().manual_seed(int(seed))
         return self._torch.randn(shape, generator=gen, dtype=self.dtype(dtype))

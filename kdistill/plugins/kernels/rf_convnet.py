@@ -1,0 +1,100 @@
+"""Random-feature NNGP of ConvNets (``rf-convnet``), RFAD's kernel.
+
+``N`` random ConvNets side by side, each ``[conv3x3(width) SAME -> ReLU (-> 2x2 avg-pool)]``
+x ``depth`` (an optional ``stem`` conv + ReLU first, without pooling), run as one grouped
+convolution per layer (:meth:`Backend.conv2d`: ``lax.conv_general_dilated`` under JAX,
+channels_last ``conv2d`` under torch). Weights are standard normal in the standard
+scaling ``h = sqrt(sw2 / (9 C_in)) conv(a, W) + sqrt(sb2) b``. The readout features are
+the last activations, flattened (``readout="flatten"``) or averaged over pixels
+(``"gap"``), scaled by ``sqrt(sw2 / (N P width))`` (``P`` pixels, 1 for ``gap``) with the
+bias column ``sqrt(sb2)``. Their inner product is a Monte-Carlo estimate of the exact
+``convnet`` NNGP with the same hyperparameters (:mod:`kdistill.plugins.kernels.convnet`),
+with error ``O(1 / sqrt(N width))`` (Novak et al. 2019; RFAD, Loo et al. 2022, sec. 3-4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from kdistill.core.errors import ConfigError
+from kdistill.core.random_features import RandomFeatureKernel
+from kdistill.core.validators import positive_int
+from kdistill.plugins.kernels.convnet import READOUTS
+
+
+def _choice(values):
+    def check(inst, attr, value):
+        if value not in values:
+            raise ConfigError(f"{type(inst).__name__}.{attr.name} must be one of {', '.join(map(str, values))}, got {value!r}")
+
+    return check
+
+
+@attrs.define(kw_only=True)
+class RandomFeatureConvNetKernel(RandomFeatureKernel):
+    """Empirical NNGP of ``n_models`` random ConvNets (RFAD).
+
+    Args:
+        depth: conv blocks (>= 1; papers: 3). pool: 2x2 average pool after each block.
+        readout: ``"flatten"`` or ``"gap"``. stem: prepend conv3x3 + ReLU without pooling.
+        n_models, width, sw2, sb2, seed: see
+            :class:`~kdistill.core.random_features.RandomFeatureKernel`.
+
+    Inputs NHWC ``[n, H, W, C]`` float32/float64; output ``[n1, n2]`` in that dtype.
+    Features ``[n, n_models * width * P (+1 if sb2 > 0)]``. Cost per example
+    ``O(N H W width (9 C + 9 width (1/4 + 1/16 + ...)))`` multiply-adds with pooling.
+
+    Raises:
+        ConfigError: bad hyperparameters; inputs not 4-D or too small for the pools.
+    """
+
+    depth: int = attrs.field(default=3, validator=positive_int)
+    pool: bool = attrs.field(default=True, validator=_choice((True, False)))
+    readout: str = attrs.field(default="flatten", validator=_choice(READOUTS))
+    stem: bool = attrs.field(default=False, validator=_choice((True, False)))
+
+    def schedule(self) -> list[bool]:
+        """One entry per conv + ReLU layer: whether an average pool follows it."""
+        return [False] * int(self.stem) + [self.pool] * self.depth
+
+    def _out_hw(self, h: int, w: int) -> tuple[int, int]:
+        for pooled in self.schedule():
+            if pooled:
+                h, w = h // 2, w // 2
+        return h, w
+
+    def shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ConfigError(f"{type(self).__name__} needs NHWC images, got examples of shape {tuple(input_shape)}")
+        h, w = self._out_hw(input_shape[0], input_shape[1])
+        if h < 1 or w < 1:
+            raise ConfigError(f"images of {input_shape[0]}x{input_shape[1]} are too small for {sum(self.schedule())} 2x2 pools")
+        n, c = self.n_models, self.width
+        out = {}
+        for layer in range(len(self.schedule())):
+            c_in = input_shape[2] if layer == 0 else c  # layer 0 reads the shared input
+            out[f"w{layer}"], out[f"b{layer}"] = (3, 3, c_in, n * c), (n * c,)
+        return out
+
+    def _features(self, x, weights):
+        xp, b = self.b.xp, self.b
+        if x.ndim != 4:
+            raise ConfigError(f"{type(self).__name__} needs NHWC images, got an array of shape {tuple(x.shape)}")
+        bias = math.sqrt(self.sb2)
+        a = x
+        for layer, pooled in enumerate(self.schedule()):
+            c_in = x.shape[3] if layer == 0 else self.width
+            groups = 1 if layer == 0 else self.n_models
+            h = b.conv2d(a, weights[f"w{layer}"], groups=groups) * math.sqrt(self.sw2 / (9 * c_in))
+            a = xp.maximum(h + bias * xp.astype(weights[f"b{layer}"], x.dtype), 0.0)
+            if pooled:
+                n, hh, ww, c = a.shape
+                a = a[:, : hh // 2 * 2, : ww // 2 * 2, :]
+                a = xp.mean(xp.reshape(a, (n, hh // 2, 2, ww // 2, 2, c)), axis=(2, 4))
+        n, hh, ww, c = a.shape
+        if self.readout == "gap":
+            return self.readout_features(xp.mean(a, axis=(1, 2)), self.width)
+        # the order of the features does not change their inner product
+        return self.readout_features(xp.reshape(a, (n, -1)), hh * ww * self.width)

@@ -128,8 +128,12 @@ def distill(config_path, sets, out_dir, grid, progress, resume_dir, **flags: Any
         last = m["recoveries"][-1]
         click.echo(f"numerical recoveries: {len(m['recoveries'])} (now ridge={last['ridge']:g}, lr={last['lr']:g})")
     init = "" if m.get("init_acc") is None else f"; initial support set {100 * m['init_acc']:.2f}%"
+    n_test = f" ({m['n_test']} test images)" if m.get("n_test") and cfg.test_size else ""
+    best = "" if m.get("best_step") is None else (
+        f"best validation accuracy {100 * m['best_valid_acc']:.2f}% at step {m['best_step']} of {m['steps_run']}\n"
+    )
     click.echo(
-        f"KRR test accuracy: distilled {100 * m['distilled_acc']:.2f}%  vs  random real subset "
+        f"{best}KRR test accuracy{n_test}: distilled {100 * m['distilled_acc']:.2f}%  vs  random real subset "
         f"{100 * m['random_acc']:.2f}%{init}  ({m['total_seconds']:.1f} s)"
     )
     click.echo(f"wrote {out}/")
@@ -220,6 +224,8 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
 
         overrides.update(dict(parse_override(s) for s in sets))
         n_test = art.dataset.get("n_test")
+        if n_test and overrides.get("test_size"):
+            n_test = min(n_test, int(overrides["test_size"]))
         # both passes (distilled set, random real subset) advance the bar per block of
         # test images, so tqdm's remaining-time estimate holds for slow kernels too
         total = 2 * n_test if n_test else None

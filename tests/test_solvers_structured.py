@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kdistill.core.contracts import Kernel
-from kdistill.core.errors import ConfigError, IncompatibleComponentsError
+from kdistill.core.errors import ConfigError
 from kdistill.core.registry import Registry, get_registry
 from kdistill.plugins.kernels.rbf import RBFKernel
 from kdistill.plugins.solvers.cholesky import CholeskySolver
@@ -113,10 +113,15 @@ def test_feature_solver_gradient_matches_cholesky_and_backends(n, p, d):
         np.testing.assert_allclose(g, ref_g, rtol=1e-7, atol=1e-10 * np.abs(ref_g).max(), err_msg=key)
 
 
-def test_feature_solver_rejects_kernel_without_features(backend):
-    x = backend.asarray(np.zeros((4, 3)), "float64")
-    with pytest.raises(IncompatibleComponentsError, match="RBFKernel.*cholesky"):
-        FeatureSolver().bind(backend).fit(RBFKernel().bind(backend), x, x, 1e-3)
+def test_feature_solver_without_features_is_cholesky(backend):
+    """A kernel without a feature map (an exact evaluation kernel) is solved in kernel
+    space, exactly as the cholesky solver does."""
+    rng = np.random.default_rng(8)
+    x_s, x_t, y = (backend.asarray(rng.standard_normal(s), "float64") for s in [(9, 3), (5, 3), (9, 2)])
+    kernel = RBFKernel().bind(backend)
+    got = FeatureSolver().bind(backend).fit(kernel, x_s, y, 1e-3)(x_t)
+    expected = CholeskySolver().bind(backend).fit(kernel, x_s, y, 1e-3)(x_t)
+    np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(expected), rtol=1e-12)
 
 
 def test_feature_solver_solve_is_cholesky():

@@ -156,10 +156,13 @@ class DistillConfig:
         seed: seeds support init, target batches and everything random.
         eval_every: evaluate every this many steps (0 = only at the end).
         eval_test_size: test examples used for the intermediate evaluations (None =
-            all); the final evaluation always uses the full test set.
+            all).
+        test_size: test examples of the final evaluation (the first ``test_size`` of the
+            test split; None = all). For slow evaluation kernels (the exact pooled
+            ConvNet kernel on a CPU); results then say how many were used.
         checkpoint_every: KIP only: write a checkpoint to the run directory every this
             many steps and after the last step (0 = off; SIGINT/SIGTERM still write
-            one). The only field that may change on resume.
+            one). It and ``time_limit`` are the only fields that may change on resume.
         nonfinite_retries: automatic recoveries per run from a NaN/Inf step or a
             failed Cholesky: retry the step with a 10x ridge and half the learning
             rate (see ``kdistill.core.guard``); 0 = stop at the first failure.
@@ -171,6 +174,9 @@ class DistillConfig:
         valid_kernel: kernel of the validation evaluations; None means ``eval_kernel``.
         patience: with a validation split, stop when this many evaluations in a row
             did not improve on the best validation accuracy (0 = never stop early).
+        time_limit: KIP only: stop after the step during which the training time
+            (evaluations included) passed this many seconds (0 = no limit). The number of
+            steps then depends on the machine: the run's metrics record ``steps_run``.
     """
 
     method: str = attrs.field(default="kip", validator=_one_of(METHODS))
@@ -196,11 +202,13 @@ class DistillConfig:
     eval_test_size: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_int_at_least(1))
     )
+    test_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(1)))
     checkpoint_every: int = attrs.field(default=0, validator=_int_at_least(0))
     nonfinite_retries: int = attrs.field(default=2, validator=_int_at_least(0))
     valid_size: int = attrs.field(default=0, validator=_int_at_least(0))
     valid_kernel: ComponentSpec | None = _optional_spec()
     patience: int = attrs.field(default=0, validator=_int_at_least(0))
+    time_limit: float = attrs.field(default=0.0, converter=float, validator=_nonneg_float)
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

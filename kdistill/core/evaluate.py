@@ -37,7 +37,9 @@ def prepare_with_transform(config: DistillConfig, artifact: DistilledSet) -> Pre
 def evaluate_artifact(
     artifact: DistilledSet, overrides: dict[str, Any] | list[str] | None = None, progress=None
 ) -> dict[str, Any]:
-    """KRR accuracy of ``artifact`` on the full test set, and of a random real subset.
+    """KRR accuracy of ``artifact`` on the test set (the first ``test_size`` examples when
+    that config field is set, e.g. ``overrides=["test_size=1000"]``), and of a random
+    real subset of the same size.
 
     Args:
         artifact: a loaded :class:`DistilledSet`.
@@ -54,12 +56,13 @@ def evaluate_artifact(
     data = prepare_with_transform(config, artifact)
     ipc = len(artifact.images) // data.num_classes
     config = attrs.evolve(config, ipc=max(ipc, 1))
-    acc = evaluate_support(comps, config, data, artifact.images, artifact.labels, progress=progress)
+    acc = evaluate_support(comps, config, data, artifact.images, artifact.labels, limit=config.test_size,
+                           progress=progress)
     out = {
         "distilled_acc": acc,
         "eval_kernel": (config.eval_kernel or config.kernel).to_dict(),
         "n_support": int(len(artifact.images)),
-        "n_test": int(len(data.x_test)),
+        "n_test": int(len(data.x_test[: config.test_size])),
     }
     out.update(random_baseline(comps, config, data, progress=progress))
     return out

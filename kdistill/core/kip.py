@@ -103,6 +103,7 @@ def evaluate_support(
     Args:
         images: ``[n_s, H, W, C]``; labels: ``[n_s, C]``.
         limit: use only the first ``limit`` test examples (None = all).
+        progress: optional callable ``progress(rows_done)`` after each block of test rows.
     """
     return score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit], data.y_test[:limit], progress)
 
@@ -278,7 +279,10 @@ def run_kip(
                     "(Python: kdistill.distill(run_dir=..., resume=True))",
                     signum=signum, step=step, checkpoint=path,
                 )
-            if config.patience and best["since"] >= config.patience:
+            out_of_time = bool(config.time_limit) and seconds() >= config.time_limit
+            if out_of_time or (config.patience and best["since"] >= config.patience):
+                if out_of_time and valid is not None and history["eval_step"][-1:] != [step]:
+                    record_eval(step)  # the last support set gets its validation score too
                 if run_dir is not None and config.checkpoint_every and last_saved != step:
                     save(step)
                 break
@@ -291,7 +295,8 @@ def run_kip(
         final_images, final_labels = final_params["x_s"], final_params.get("y_s", labels)
     metrics = {
         "method": "kip",
-        "distilled_acc": evaluate_support(comps, config, data, final_images, final_labels),
+        "distilled_acc": evaluate_support(comps, config, data, final_images, final_labels, limit=config.test_size),
+        "n_test": int(len(data.x_test[: config.test_size])),
         "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and valid is None else None,
         "train_seconds": train_seconds,
         "final_loss": history["loss"][-1] if history["loss"] else None,
@@ -299,8 +304,9 @@ def run_kip(
     }
     metrics.update(random_baseline(comps, config, data))
     if valid is not None:
-        metrics.update(eval_split="validation", valid_size=int(len(valid)), best_step=best["step"], best_valid_acc=best["acc"],
-                       steps_run=history["step"][-1] if history["step"] else 0)
+        metrics.update(eval_split="validation", valid_size=int(len(valid)), best_step=best["step"],
+                       best_valid_acc=best["acc"])
+    metrics["steps_run"] = history["step"][-1] if history["step"] else 0
     metrics["total_seconds"] = elapsed + time.perf_counter() - start
     loss_params = {k[5:]: v for k, v in final_params.items() if k.startswith("loss/")}
     return _result(config, data, final_images, final_labels, class_ids, metrics, history, loss_params)
@@ -339,7 +345,8 @@ def random_baseline(comps: Components, config: DistillConfig, data: PreparedData
     """
     rng = np.random.default_rng(config.seed + 1)
     idx = balanced_subset(data.y_train, data.num_classes, config.ipc, rng)
-    acc = evaluate_support(comps, config, data, data.x_train[idx], data.Y_train[idx], progress=progress)
+    acc = evaluate_support(comps, config, data, data.x_train[idx], data.Y_train[idx], limit=config.test_size,
+                           progress=progress)
     return {"random_acc": acc}
 
 
@@ -360,15 +367,17 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
     )
     solve_seconds = time.perf_counter() - start
     # one kernel pass scores both label sets (KRR predictions are linear in the labels)
+    x_test, y_test = data.x_test[: config.test_size], data.y_test[: config.test_size]
     pred = krr_predict(
         comps.eval_kernel, comps.solver, images, np.concatenate([solved, labels], axis=1),
-        data.x_test, config.ridge, config.dtype,
+        x_test, config.ridge, config.dtype,
     )
     n_cls = labels.shape[1]
     metrics = {
         "method": "label-solve",
-        "distilled_acc": accuracy(pred[:, :n_cls], data.y_test),
-        "init_acc": accuracy(pred[:, n_cls:], data.y_test),
+        "distilled_acc": accuracy(pred[:, :n_cls], y_test),
+        "init_acc": accuracy(pred[:, n_cls:], y_test),
+        "n_test": int(len(x_test)),
         "n_targets": int(len(idx)),
         "train_seconds": solve_seconds,
     }

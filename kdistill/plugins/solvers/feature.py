@@ -22,7 +22,6 @@ from typing import Any
 import attrs
 
 from kdistill.core.contracts import Kernel, Predictor, Solver
-from kdistill.core.errors import IncompatibleComponentsError
 from kdistill.plugins.solvers.cholesky import checked_cholesky, cholesky_solve
 
 
@@ -41,8 +40,9 @@ class FeaturePredictor(Predictor):
 class FeatureSolver(Solver):
     """KRR through the kernel's feature map; see the module docstring for the math.
 
-    :meth:`fit` needs ``kernel.has_features`` (raises
-    :class:`IncompatibleComponentsError` otherwise, suggesting ``cholesky``);
+    :meth:`fit` with a kernel without a feature map (``has_features`` False, e.g. the
+    exact ConvNet kernel that evaluates an RFAD run with the same solver) is the
+    kernel-space Cholesky fit of :class:`~kdistill.plugins.solvers.cholesky.CholeskySolver`;
     :meth:`solve` on a given kernel matrix (Label Solve) is the Cholesky solve of
     :class:`~kdistill.plugins.solvers.cholesky.CholeskySolver` (same jitter and
     :class:`~kdistill.core.errors.NotPositiveDefiniteError`). Everything is float64.
@@ -52,16 +52,11 @@ class FeatureSolver(Solver):
         """As :meth:`Solver.fit`; returns a :class:`FeaturePredictor`.
 
         Raises:
-            IncompatibleComponentsError: the kernel has no explicit feature map.
             NotPositiveDefiniteError: (eager calls) the regularized system cannot be
                 factored even with jitter (e.g. ``ridge = 0`` and rank-deficient features).
         """
         if not kernel.has_features:
-            raise IncompatibleComponentsError(
-                f"the 'feature' solver needs a kernel with an explicit feature map, but "
-                f"{type(kernel).__name__} has none (has_features is False); use the "
-                "'cholesky' solver"
-            )
+            return super().fit(kernel, x_s, y_s, ridge)  # kernel space, via solve()
         b = self.b
         xp = b.xp
         phi = b.cast(kernel.features(x_s), "float64")  # [n, D]

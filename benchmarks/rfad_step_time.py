@@ -1,0 +1,140 @@
+"""Seconds per distillation step: RFAD (rf-convnet + feature solver + Platt) against KIP
+with the exact pooled ConvNet kernel, at the same target batch, on CIFAR-shaped inputs.
+
+Each step is the full KIP step (kernels or random features of the support set and the
+target batch, float64 solve, loss, gradient with respect to the support images and
+labels, Adam update), after a warm-up step (JAX compilation excluded). RFAD draws new
+network weights every step, as in a run. Exact-kernel points whose estimated time
+exceeds ``--max-seconds`` are not run but extrapolated from the measured ones with the
+fitted power law (marked ``*``). The script prints the fitted scaling exponents
+(``s/step ~ n_support^p``) and the speed-up at 100 support images.
+
+    python benchmarks/rfad_step_time.py [--sizes 10 50 100 200 500] [--target-batch 256]
+        [--n-models 4] [--width 64] [--backends jax torch] [--exact-backend jax]
+        [--steps 3] [--max-seconds 600] [--shape 32x32x3]
+
+Run it on an otherwise idle machine: the numbers scale with free cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+from kdistill.core.components import build_components
+from kdistill.core.config import DistillConfig
+from kdistill.core.kip import make_kip_loss
+from kdistill.core.random_features import step_seed
+from kdistill.core.sampling import centered_one_hot
+
+
+def make_step(config: DistillConfig, n_support: int, target_batch: int, shape: tuple[int, int, int]):
+    """A function running one KIP step per call (the first call compiles)."""
+    comps = build_components(config)
+    b = comps.backend
+    rng = np.random.default_rng(0)
+    y_s = centered_one_hot(np.arange(n_support) % 10, 10)
+    params = {"x_s": rng.standard_normal((n_support, *shape)).astype(np.float32), "y_s": y_s}
+    params.update({f"loss/{k}": v for k, v in comps.loss.init_params().items()})
+    trainer = b.make_trainer(make_kip_loss(comps, config, b.asarray(y_s, "float64")), params, "adam", 1e-3)
+    x_t = b.asarray(rng.standard_normal((target_batch, *shape)).astype(np.float32))
+    y_t = b.asarray(centered_one_hot(np.arange(target_batch) % 10, 10), "float64")
+    counter = [0]
+
+    def step():
+        counter[0] += 1
+        batch = (x_t, y_t)
+        if comps.kernel.is_random:
+            drawn = comps.kernel.draw(step_seed(0, counter[0]), shape)
+            batch += ({k: b.asarray(v, "float32") for k, v in drawn.items()},)
+        return trainer.step(*batch)
+
+    return step
+
+
+def seconds_per_step(step, steps: int) -> float:
+    step()  # warm-up / compile
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def fit_power(sizes, times) -> tuple[float, float]:
+    """``(p, c)`` with ``time ~ c * size^p`` (least squares in log-log)."""
+    p, logc = np.polyfit(np.log(sizes), np.log(times), 1)
+    return float(p), float(np.exp(logc))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100, 200, 500])
+    ap.add_argument("--target-batch", type=int, default=256)
+    ap.add_argument("--n-models", type=int, default=4)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--backends", nargs="+", default=["jax", "torch"])
+    ap.add_argument("--exact-backend", default="jax", help="backend of the exact-kernel KIP ('none' to skip)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--max-seconds", type=float, default=600.0, help="longest exact step to measure")
+    ap.add_argument("--shape", default="32x32x3")
+    args = ap.parse_args()
+    shape = tuple(int(v) for v in args.shape.split("x"))
+    rf = {"name": "rf-convnet", "n_models": args.n_models, "width": args.width}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; inputs {args.shape}, target batch "
+          f"{args.target_batch}, learned labels, Platt loss; RFAD: rf-convnet N={args.n_models} C={args.width} + "
+          f"feature solver; exact: convnet NNGP (3 blocks, avg-pool) + cholesky; mean of {args.steps} steps after warm-up")
+    rows: dict[str, list[float]] = {}
+    for backend in args.backends:
+        cfg = DistillConfig(backend=backend, kernel=rf, solver="feature", loss="platt", learn_labels=True)
+        rows[f"rfad-{backend}"] = []
+        for n in args.sizes:
+            rows[f"rfad-{backend}"].append(seconds_per_step(make_step(cfg, n, args.target_batch, shape), args.steps))
+            print(f"  rfad {backend:>5} support {n:>4}: {rows[f'rfad-{backend}'][-1]:.4f} s/step", flush=True)
+    exact_measured: list[tuple[int, float]] = []
+    if args.exact_backend != "none":
+        cfg = DistillConfig(backend=args.exact_backend, kernel={"name": "convnet", "kind": "nngp"}, loss="platt",
+                            learn_labels=True)
+        for n in args.sizes:
+            if len(exact_measured) >= 2:
+                p, c = fit_power(*zip(*exact_measured))
+                if c * n**p > args.max_seconds:
+                    break
+            t = seconds_per_step(make_step(cfg, n, args.target_batch, shape), 1)
+            exact_measured.append((n, t))
+            print(f"  exact {args.exact_backend:>5} support {n:>4}: {t:.2f} s/step", flush=True)
+    print()
+    header = f"{'support':>8} " + " ".join(f"{k + ' s/step':>18}" for k in rows)
+    if exact_measured:
+        header += f" {'exact s/step':>16} {'speed-up':>10}"
+    print(header)
+    fits = {k: fit_power(args.sizes, v) for k, v in rows.items()}
+    exact_fit = fit_power(*zip(*exact_measured)) if len(exact_measured) >= 2 else None
+    measured = dict(exact_measured)
+    for i, n in enumerate(args.sizes):
+        line = f"{n:>8} " + " ".join(f"{v[i]:>18.4f}" for v in rows.values())
+        if exact_measured:
+            if n in measured:
+                t, mark = measured[n], " "
+            elif exact_fit is not None:
+                t, mark = exact_fit[1] * n ** exact_fit[0], "*"
+            else:
+                t, mark = float("nan"), " "
+            first = next(iter(rows.values()))[i]
+            line += f" {t:>15.2f}{mark} {t / first:>10.0f}x"
+        print(line)
+    print("fitted exponents p (s/step ~ support^p): " + ", ".join(f"{k} {v[0]:.2f}" for k, v in fits.items())
+          + (f", exact {exact_fit[0]:.2f}" if exact_fit else ""))
+    if exact_measured:
+        print("* extrapolated from the measured exact points with the fitted power law")
+    if 100 in args.sizes and exact_fit is not None:
+        first_key = next(iter(rows))
+        t_exact = measured.get(100, exact_fit[1] * 100 ** exact_fit[0])
+        print(f"speed-up at 100 support images ({first_key} vs exact): {t_exact / rows[first_key][args.sizes.index(100)]:.0f}x")
+
+
+if __name__ == "__main__":
+    main()

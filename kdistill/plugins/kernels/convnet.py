@@ -44,7 +44,9 @@ is over 80% of it; the later blocks are 4x and 16x smaller.
 - Later convs are separable sums of diagonally shifted slices.
 - Pairs are processed in tiles of ``b1 x b2`` pairs (one compiled call) bounded by
   ``block_mb``; inside a tile, a sequential map over rows of ``x1`` and groups of
-  columns of ``x2`` keeps the later layers' arrays cache-sized.
+  columns of ``x2`` keeps the later layers' arrays cache-sized. Each step of that map is
+  rematerialized under differentiation (:meth:`Backend.checkpoint`), so the gradient of
+  a KIP step holds one step's full-resolution arrays at a time, not every pair's.
 - The per-pixel variances of every image (needed by the ReLU map) come from a separate
   pass over ``[n, H, W, 1, H, W]`` self-covariances, cached for the last inputs seen (the
   support set of an evaluation is processed once).
@@ -449,6 +451,9 @@ class ConvNetKernel(Kernel):
         def row(args):
             p, vs = args[0], args[1:]
 
+            # rematerialized under differentiation: the backward pass keeps only the
+            # inputs of each step, not its full-resolution covariances
+            @self.b.checkpoint
             def col(cargs):
                 return self._full_block(p[None], cargs[0], [v[None] for v in vs], list(cargs[1:]))
 

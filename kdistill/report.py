@@ -60,8 +60,10 @@ def grid_png(artifact, title: str) -> bytes:
         return path.read_bytes()
 
 
-def distill_curves_png(history: dict[str, list]) -> bytes | None:
-    """Distillation loss per step and KRR accuracy at evaluation steps, or None without history."""
+def distill_curves_png(history: dict[str, list], split: str = "test") -> bytes | None:
+    """Distillation loss per step and KRR accuracy at evaluation steps on ``split``
+    (``"test"``, or ``"validation"`` for runs with a validation split), or None without
+    history."""
     if not history.get("step"):
         return None
     plt = _plt()
@@ -71,7 +73,7 @@ def distill_curves_png(history: dict[str, list]) -> bytes | None:
     axes[0].set(xlabel="step", ylabel="KIP loss (target batch)", title="distillation loss")
     if history.get("eval_step"):
         axes[1].plot(history["eval_step"], 100 * np.asarray(history["eval_acc"]), "o-")
-    axes[1].set(xlabel="step", ylabel="KRR test accuracy %", title="KRR accuracy during distillation")
+    axes[1].set(xlabel="step", ylabel=f"KRR {split} accuracy %", title="KRR accuracy during distillation")
     for ax in axes:
         ax.grid(alpha=0.3)
     return _fig_png(fig)
@@ -178,7 +180,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
     cfg = art.config
     title = title or f"kdistill report: {cfg.get('dataset')} {cfg.get('method')} ipc={cfg.get('ipc')}"
     figs: dict[str, bytes] = {"grid": grid_png(art, f"{cfg.get('dataset')} {cfg.get('method')} ipc={cfg.get('ipc')}")}
-    png = distill_curves_png(art.history)
+    png = distill_curves_png(art.history, art.metrics.get("eval_split", "test"))
     if png:
         figs["distill_curves"] = png
     for m in info["models"]:

@@ -95,6 +95,11 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _int_to_float(value):
+    """Integers (not bools) become floats; anything else is left for the validator."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _positive_float(inst, attr, value):
     _check(
         _is_number(value) and value > 0,
@@ -208,7 +213,7 @@ class DistillConfig:
     valid_size: int = attrs.field(default=0, validator=_int_at_least(0))
     valid_kernel: ComponentSpec | None = _optional_spec()
     patience: int = attrs.field(default=0, validator=_int_at_least(0))
-    time_limit: float = attrs.field(default=0.0, converter=float, validator=_nonneg_float)
+    time_limit: float = attrs.field(default=0.0, converter=_int_to_float, validator=_nonneg_float)
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

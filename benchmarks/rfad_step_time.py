@@ -5,9 +5,11 @@ Each step is the full KIP step (kernels or random features of the support set an
 target batch, float64 solve, loss, gradient with respect to the support images and
 labels, Adam update), after a warm-up step (JAX compilation excluded). RFAD draws new
 network weights every step, as in a run. Exact-kernel points whose estimated time
-exceeds ``--max-seconds`` are not run but extrapolated from the measured ones with the
-fitted power law (marked ``*``). The script prints the fitted scaling exponents
-(``s/step ~ n_support^p``) and the speed-up at 100 support images.
+exceeds ``--max-seconds`` are not run but extrapolated from the largest measured one in
+proportion to the number of kernel entries of a step, ``n_t n_s + n_s^2`` (marked ``*``;
+the exact kernel's cost is linear in pairs). The script prints the fitted scaling
+exponents (``s/step ~ n_support^p``) and the speed-up at 100 support images. Each
+exact shape also costs an XLA compilation of minutes (not timed).
 
     python benchmarks/rfad_step_time.py [--sizes 10 50 100 200 500] [--target-batch 256]
         [--n-models 4] [--width 64] [--backends jax torch] [--exact-backend jax]
@@ -64,6 +66,13 @@ def seconds_per_step(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def _by_pairs(measured: tuple[int, float], n: int, target_batch: int) -> float:
+    """Exact-kernel step time at support ``n`` from a measured ``(n0, t0)``, in proportion
+    to the kernel entries of a step (``K_ts`` and ``K_ss``)."""
+    n0, t0 = measured
+    return t0 * (target_batch * n + n * n) / (target_batch * n0 + n0 * n0)
+
+
 def fit_power(sizes, times) -> tuple[float, float]:
     """``(p, c)`` with ``time ~ c * size^p`` (least squares in log-log)."""
     p, logc = np.polyfit(np.log(sizes), np.log(times), 1)
@@ -99,10 +108,8 @@ def main() -> None:
         cfg = DistillConfig(backend=args.exact_backend, kernel={"name": "convnet", "kind": "nngp"}, loss="platt",
                             learn_labels=True)
         for n in args.sizes:
-            if len(exact_measured) >= 2:
-                p, c = fit_power(*zip(*exact_measured))
-                if c * n**p > args.max_seconds:
-                    break
+            if exact_measured and _by_pairs(exact_measured[-1], n, args.target_batch) > args.max_seconds:
+                break
             t = seconds_per_step(make_step(cfg, n, args.target_batch, shape), 1)
             exact_measured.append((n, t))
             print(f"  exact {args.exact_backend:>5} support {n:>4}: {t:.2f} s/step", flush=True)
@@ -112,28 +119,25 @@ def main() -> None:
         header += f" {'exact s/step':>16} {'speed-up':>10}"
     print(header)
     fits = {k: fit_power(args.sizes, v) for k, v in rows.items()}
-    exact_fit = fit_power(*zip(*exact_measured)) if len(exact_measured) >= 2 else None
     measured = dict(exact_measured)
+    exact_times = [measured[n] if n in measured else _by_pairs(exact_measured[-1], n, args.target_batch)
+                   for n in args.sizes] if exact_measured else []
+    exact_fit = fit_power(args.sizes, exact_times) if exact_measured else None
     for i, n in enumerate(args.sizes):
         line = f"{n:>8} " + " ".join(f"{v[i]:>18.4f}" for v in rows.values())
         if exact_measured:
-            if n in measured:
-                t, mark = measured[n], " "
-            elif exact_fit is not None:
-                t, mark = exact_fit[1] * n ** exact_fit[0], "*"
-            else:
-                t, mark = float("nan"), " "
             first = next(iter(rows.values()))[i]
-            line += f" {t:>15.2f}{mark} {t / first:>10.0f}x"
+            mark = " " if n in measured else "*"
+            line += f" {exact_times[i]:>15.2f}{mark} {exact_times[i] / first:>10.0f}x"
         print(line)
     print("fitted exponents p (s/step ~ support^p): " + ", ".join(f"{k} {v[0]:.2f}" for k, v in fits.items())
           + (f", exact {exact_fit[0]:.2f}" if exact_fit else ""))
     if exact_measured:
-        print("* extrapolated from the measured exact points with the fitted power law")
-    if 100 in args.sizes and exact_fit is not None:
-        first_key = next(iter(rows))
-        t_exact = measured.get(100, exact_fit[1] * 100 ** exact_fit[0])
-        print(f"speed-up at 100 support images ({first_key} vs exact): {t_exact / rows[first_key][args.sizes.index(100)]:.0f}x")
+        print("* extrapolated from the largest measured exact point in proportion to kernel entries per step")
+    if 100 in args.sizes and exact_measured:
+        first_key, i = next(iter(rows)), args.sizes.index(100)
+        how = "measured" if 100 in measured else "extrapolated"
+        print(f"speed-up at 100 support images ({first_key} vs exact, {how}): {exact_times[i] / rows[first_key][i]:.0f}x")
 
 
 if __name__ == "__main__":

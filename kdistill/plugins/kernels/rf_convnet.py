@@ -21,15 +21,7 @@ import attrs
 from kdistill.core.errors import ConfigError
 from kdistill.core.random_features import RandomFeatureKernel
 from kdistill.core.validators import positive_int
-from kdistill.plugins.kernels.convnet import READOUTS
-
-
-def _choice(values):
-    def check(inst, attr, value):
-        if value not in values:
-            raise ConfigError(f"{type(inst).__name__}.{attr.name} must be one of {', '.join(map(str, values))}, got {value!r}")
-
-    return check
+from kdistill.plugins.kernels.convnet import _boolean, _readout
 
 
 @attrs.define(kw_only=True)
@@ -51,9 +43,9 @@ class RandomFeatureConvNetKernel(RandomFeatureKernel):
     """
 
     depth: int = attrs.field(default=3, validator=positive_int)
-    pool: bool = attrs.field(default=True, validator=_choice((True, False)))
-    readout: str = attrs.field(default="flatten", validator=_choice(READOUTS))
-    stem: bool = attrs.field(default=False, validator=_choice((True, False)))
+    pool: bool = attrs.field(default=True, validator=_boolean)
+    readout: str = attrs.field(default="flatten", validator=_readout)
+    stem: bool = attrs.field(default=False, validator=_boolean)
 
     def schedule(self) -> list[bool]:
         """One entry per conv + ReLU layer: whether an average pool follows it."""

@@ -247,6 +247,25 @@ def test_tiling_and_chunking_do_not_change_values(torch_backend, rng, params):
     assert len(shapes) >= 3  # genuinely different decompositions
 
 
+def test_traced_kernel_is_one_tile_of_constant_program_size(jax_backend, rng):
+    """Inside a compiled program (a jitted KIP step) the kernel is one tile whose
+    sequential maps bound memory: the traced program has the same size for 6 and 40
+    columns (no per-tile unrolling, so compilation time does not grow with the support
+    size), and its values, ragged padding included, equal the tiled eager evaluation."""
+    import jax
+
+    b = jax_backend
+    k = ConvNetKernel(kind="ntk", depth=2, block_mb=0.05).bind(b)  # many tiles when concrete
+    x1 = b.asarray(rng.standard_normal((3, 8, 8, 2)), "float64")
+    sizes = {}
+    for n2 in (6, 40):
+        x2 = b.asarray(rng.standard_normal((n2, 8, 8, 2)), "float64")
+        assert len(range(0, n2, k.tile_shape(3, n2, 8, 8, 8)[1])) > 1  # tiled when concrete
+        sizes[n2] = len(jax.make_jaxpr(lambda a, c: k(a, c))(x1, x2).eqns)
+        np.testing.assert_allclose(np.asarray(jax.jit(lambda a, c: k(a, c))(x1, x2)), np.asarray(k(x1, x2)), rtol=1e-12)
+    assert sizes[6] == sizes[40], sizes
+
+
 def test_nopool_name_and_parameter_are_the_same_kernel(registry, torch_backend, rng):
     b = torch_backend
     a = registry.create("kernels", "convnet-nopool", depth=2).bind(b)

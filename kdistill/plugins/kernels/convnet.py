@@ -366,7 +366,14 @@ class ConvNetKernel(Kernel):
         n1, n2 = x1.shape[0], x2.shape[0]
         h, w = x1.shape[1], x1.shape[2]
         itemsize = 8 if self.b.dtype_name(x1) == "float64" else 4
-        b1, b2 = self.tile_shape(n1, n2, h, w, itemsize)
+        if self._traced(x1, x2):
+            # inside a compiled program (a KIP step): one tile of all pairs, whose
+            # sequential maps already bound the memory, so the program -- and its
+            # compilation time -- does not grow with the number of tiles
+            g = min(n2, self._group_size(h, w))
+            b1, b2 = n1, -(-n2 // g) * g
+        else:
+            b1, b2 = self.tile_shape(n1, n2, h, w, itemsize)
         self._decide_compile(n1, n2, h, w)
         if self.diagonal_only:
             tile, prep1, prep2 = self._fn("_diag_tile"), x1, x2
@@ -385,6 +392,10 @@ class ConvNetKernel(Kernel):
             row_cat = [xp.concat(r, axis=1) if len(r) > 1 else r[0] for r in blocks]
             outs.append(xp.concat(row_cat, axis=0) if len(row_cat) > 1 else row_cat[0])
         return outs[0], (outs[1] if len(outs) > 1 else None)
+
+    def _traced(self, *xs) -> bool:
+        """Whether any input is traced (inside a compiled program, e.g. a jitted KIP step)."""
+        return not all(self.b.is_concrete(x) for x in xs)
 
     def _run_tile(self, tile, prep1, prep2, v1, v2, i, j, b1, b2):
         """One tile, zero-padded to ``(b1, b2)`` (one compiled shape) where it is ragged."""
@@ -421,7 +432,8 @@ class ConvNetKernel(Kernel):
         else:
             xp = self.b.xp
             n, h, w = x.shape[0], x.shape[1], x.shape[2]
-            per = self.pairs_per_block(h, w, 8 if self.b.dtype_name(x) == "float64" else 4)
+            itemsize = 8 if self.b.dtype_name(x) == "float64" else 4
+            per = n if self._traced(x) else self.pairs_per_block(h, w, itemsize)
             fn = self._fn("_self_tile")
             p = _patches(xp, x)
             parts = [fn(p[i : i + per]) for i in range(0, n, per)]
@@ -433,7 +445,9 @@ class ConvNetKernel(Kernel):
 
     def _self_tile(self, p):
         """:meth:`_self_block` of each image in turn (:meth:`Backend.map`)."""
-        return list(self._map(lambda args: tuple(v[0] for v in self._self_block(args[0][None])), (p,)))
+        # rematerialized under differentiation, like the cross pairs of :meth:`_tile`
+        step = self.b.checkpoint(lambda args: tuple(v[0] for v in self._self_block(args[0][None])))
+        return list(self._map(step, (p,)))
 
     def _tile(self, p1, p2, v1, v2):
         """``(nngp [b1, b2], ntk)`` of a tile: a sequential map over the rows of ``x1`` and

@@ -8,8 +8,8 @@ network weights every step, as in a run. Exact-kernel points whose estimated tim
 exceeds ``--max-seconds`` are not run but extrapolated from the largest measured one in
 proportion to the number of kernel entries of a step, ``n_t n_s + n_s^2`` (marked ``*``;
 the exact kernel's cost is linear in pairs). The script prints the fitted scaling
-exponents (``s/step ~ n_support^p``) and the speed-up at 100 support images. Each
-exact shape also costs an XLA compilation of minutes (not timed).
+exponents (``s/step ~ n_support^p``) and the speed-up at 100 support images. The
+warm-up step of each shape includes its compilation (seconds; not timed).
 
     python benchmarks/rfad_step_time.py [--sizes 10 50 100 200 500] [--target-batch 256]
         [--n-models 4] [--width 64] [--backends jax torch] [--exact-backend jax]

@@ -47,6 +47,9 @@ is over 80% of it; the later blocks are 4x and 16x smaller.
   columns of ``x2`` keeps the later layers' arrays cache-sized. Each step of that map is
   rematerialized under differentiation (:meth:`Backend.checkpoint`), so the gradient of
   a KIP step holds one step's full-resolution arrays at a time, not every pair's.
+  Inside a compiled program (traced inputs, e.g. a jitted KIP step) all pairs form one
+  tile: unrolled tiles would make the program, and its compilation time, grow with
+  ``n1 n2`` (minutes at 50 x 128 pairs of 32x32 images; seconds as one tile).
 - The per-pixel variances of every image (needed by the ReLU map) come from a separate
   pass over ``[n, H, W, 1, H, W]`` self-covariances, cached for the last inputs seen (the
   support set of an evaluation is processed once).

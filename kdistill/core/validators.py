@@ -27,6 +27,11 @@ def positive_int(inst, attr, value) -> None:
         raise ConfigError(f"{type(inst).__name__}.{attr.name} must be an integer >= 1, got {value!r}")
 
 
+def boolean(inst, attr, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{type(inst).__name__}.{attr.name} must be true or false, got {value!r}")
+
+
 def kernel_kind(inst, attr, value) -> None:
     if value not in ("nngp", "ntk"):
         raise ConfigError(f"{type(inst).__name__}.{attr.name} must be 'nngp' or 'ntk', got {value!r}")

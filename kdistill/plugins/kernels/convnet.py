@@ -74,7 +74,7 @@ import attrs
 
 from kdistill.core.contracts import Kernel
 from kdistill.core.errors import ConfigError
-from kdistill.core.validators import kernel_kind, nonneg, positive, positive_int
+from kdistill.core.validators import boolean, kernel_kind, nonneg, positive, positive_int
 from kdistill.plugins.kernels.fc import relu_layer
 
 READOUTS = ("flatten", "gap")
@@ -97,14 +97,10 @@ def _compile_option(inst, attr, value) -> None:
         raise ConfigError(f"{type(inst).__name__}.compile must be true, false or 'auto', got {value!r}")
 
 
-def _readout(inst, attr, value) -> None:
+def readout_name(inst, attr, value) -> None:
+    """attrs validator: ``value`` is one of :data:`READOUTS` (ConfigError otherwise)."""
     if value not in READOUTS:
         raise ConfigError(f"{type(inst).__name__}.{attr.name} must be one of {', '.join(READOUTS)}, got {value!r}")
-
-
-def _boolean(inst, attr, value) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{type(inst).__name__}.{attr.name} must be true or false, got {value!r}")
 
 
 # --- array helpers (written once against the Array-API namespace ``xp``) ---------------
@@ -244,9 +240,9 @@ class ConvNetKernel(Kernel):
     depth: int = attrs.field(default=3, validator=positive_int)
     sw2: float = attrs.field(default=2.0, converter=float, validator=positive)
     sb2: float = attrs.field(default=0.01, converter=float, validator=nonneg)
-    pool: bool = attrs.field(default=True, validator=_boolean)
-    readout: str = attrs.field(default="flatten", validator=_readout)
-    stem: bool = attrs.field(default=False, validator=_boolean)
+    pool: bool = attrs.field(default=True, validator=boolean)
+    readout: str = attrs.field(default="flatten", validator=readout_name)
+    stem: bool = attrs.field(default=False, validator=boolean)
     block_mb: float = attrs.field(default=512.0, converter=float, validator=positive)
     compile: bool | str = attrs.field(default="auto", validator=_compile_option)
     #: entries of a first-layer chunk (tests lower it to exercise chunking on tiny images)
@@ -368,7 +364,6 @@ class ConvNetKernel(Kernel):
         xp = self.b.xp
         n1, n2 = x1.shape[0], x2.shape[0]
         h, w = x1.shape[1], x1.shape[2]
-        itemsize = 8 if self.b.dtype_name(x1) == "float64" else 4
         if self._traced(x1, x2):
             # inside a compiled program (a KIP step): one tile of all pairs, whose
             # sequential maps already bound the memory, so the program -- and its
@@ -376,7 +371,7 @@ class ConvNetKernel(Kernel):
             g = min(n2, self._group_size(h, w))
             b1, b2 = n1, -(-n2 // g) * g
         else:
-            b1, b2 = self.tile_shape(n1, n2, h, w, itemsize)
+            b1, b2 = self.tile_shape(n1, n2, h, w, self._itemsize(x1))
         self._decide_compile(n1, n2, h, w)
         if self.diagonal_only:
             tile, prep1, prep2 = self._fn("_diag_tile"), x1, x2
@@ -395,6 +390,10 @@ class ConvNetKernel(Kernel):
             row_cat = [xp.concat(r, axis=1) if len(r) > 1 else r[0] for r in blocks]
             outs.append(xp.concat(row_cat, axis=0) if len(row_cat) > 1 else row_cat[0])
         return outs[0], (outs[1] if len(outs) > 1 else None)
+
+    def _itemsize(self, x) -> int:
+        """Bytes per element of ``x`` (float64: 8, else float32: 4)."""
+        return 8 if self.b.dtype_name(x) == "float64" else 4
 
     def _traced(self, *xs) -> bool:
         """Whether any input is traced (inside a compiled program, e.g. a jitted KIP step)."""
@@ -435,8 +434,7 @@ class ConvNetKernel(Kernel):
         else:
             xp = self.b.xp
             n, h, w = x.shape[0], x.shape[1], x.shape[2]
-            itemsize = 8 if self.b.dtype_name(x) == "float64" else 4
-            per = n if self._traced(x) else self.pairs_per_block(h, w, itemsize)
+            per = n if self._traced(x) else self.pairs_per_block(h, w, self._itemsize(x))
             fn = self._fn("_self_tile")
             p = _patches(xp, x)
             parts = [fn(p[i : i + per]) for i in range(0, n, per)]
@@ -667,4 +665,4 @@ class ConvNetNoPoolKernel(ConvNetKernel):
     conv3x3 + ReLU layers without pooling, Flatten readout; only diagonal covariances
     ``K[p, p]`` are computed, ``O(n1 n2 H W depth)``."""
 
-    pool: bool = attrs.field(default=False, validator=_boolean)
+    pool: bool = attrs.field(default=False, validator=boolean)

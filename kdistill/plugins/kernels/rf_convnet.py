@@ -20,8 +20,8 @@ import attrs
 
 from kdistill.core.errors import ConfigError
 from kdistill.core.random_features import RandomFeatureKernel
-from kdistill.core.validators import positive_int
-from kdistill.plugins.kernels.convnet import _boolean, _readout
+from kdistill.core.validators import boolean, positive_int
+from kdistill.plugins.kernels.convnet import readout_name
 
 
 @attrs.define(kw_only=True)
@@ -43,9 +43,9 @@ class RandomFeatureConvNetKernel(RandomFeatureKernel):
     """
 
     depth: int = attrs.field(default=3, validator=positive_int)
-    pool: bool = attrs.field(default=True, validator=_boolean)
-    readout: str = attrs.field(default="flatten", validator=_readout)
-    stem: bool = attrs.field(default=False, validator=_boolean)
+    pool: bool = attrs.field(default=True, validator=boolean)
+    readout: str = attrs.field(default="flatten", validator=readout_name)
+    stem: bool = attrs.field(default=False, validator=boolean)
 
     def schedule(self) -> list[bool]:
         """One entry per conv + ReLU layer: whether an average pool follows it."""

@@ -11,12 +11,13 @@ from typing import Any
 import click
 
 from kdistill.core.errors import KdistillError, RunInterrupted
+from kdistill.nn.commands import threads_option
 
 # CLI flag -> config field (None values are not overrides)
 _FLAG_FIELDS = (
     "method", "dataset", "data_dir", "backend", "kernel", "solver", "loss", "eval_kernel",
     "ipc", "steps", "lr", "optimizer", "target_batch", "ridge", "learn_labels", "init",
-    "dtype", "seed", "eval_every", "preprocess", "checkpoint_every",
+    "dtype", "seed", "eval_every", "preprocess", "checkpoint_every", "threads",
 )
 
 
@@ -56,6 +57,7 @@ def main() -> None:
 @click.option("--eval-every", type=int, help="Evaluate every N steps (0: only at the end).")
 @click.option("--checkpoint-every", type=int,
               help="Write RUN_DIR/checkpoint.npz every N steps (0, the default: only on SIGINT/SIGTERM).")
+@threads_option
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in RUN_DIR from its checkpoint, bit-for-bit; other flags "
                    "must match the stored config or be absent.")
@@ -194,14 +196,16 @@ def _run_with_progress(cfg, comps, data, progress: bool, run_dir: Path, resume: 
 @click.option("--out", "nn_out", type=click.Path(dir_okay=False),
               help="With --nn: result JSON (default: nn_<model>.json beside the artifact).")
 @click.option("--progress/--no-progress", "nn_progress", default=True)
+@threads_option
 def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_file=None, nn_sets=(),
-             seeds=None, nn_out=None, nn_progress=True) -> None:
+             seeds=None, nn_out=None, nn_progress=True, threads=None) -> None:
     """KRR test accuracy of ARTIFACT (a distilled.npz or its run directory); with
     --nn convnet|fc, finite-network test accuracy (mean ± std over seeds) instead."""
     if nn_model:
         from kdistill.nn.commands import evaluate_nn_command
 
-        evaluate_nn_command(artifact, nn_model, protocol_file, nn_sets, seeds, data_dir, nn_out, nn_progress)
+        evaluate_nn_command(artifact, nn_model, protocol_file, nn_sets, seeds, data_dir, nn_out, nn_progress,
+                            threads)
         return
     from tqdm.auto import tqdm
 
@@ -220,6 +224,8 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
             overrides["data_dir"] = data_dir
         if backend:
             overrides["backend"] = backend
+        if threads is not None:
+            overrides["threads"] = threads
         from kdistill.core.config import parse_override
 
         overrides.update(dict(parse_override(s) for s in sets))

@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 FILENAME = "checkpoint.npz"
 
 #: Config fields that may differ on resume: they do not change the trajectory.
-RESUME_MAY_CHANGE = ("checkpoint_every", "time_limit")
+RESUME_MAY_CHANGE = ("checkpoint_every", "time_limit", "threads")
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:

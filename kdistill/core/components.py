@@ -17,6 +17,7 @@ from kdistill.core.contracts import Kernel, Loss, Solver
 from kdistill.core.errors import ConfigError, DataError, IncompatibleComponentsError
 from kdistill.core.preprocess import fit_preprocessor
 from kdistill.core.registry import Registry, get_registry
+from kdistill.core.threads import apply_threads
 from kdistill.core.sampling import centered_one_hot, class_indices
 
 
@@ -53,6 +54,7 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
     """
     registry = registry or get_registry()
     backend = registry.backend(config.backend)
+    apply_threads(config.threads)  # after the backend's import, before its first computation
     kernel = build_component(registry, "kernels", config.kernel, backend)
     eval_spec = config.eval_kernel or config.kernel
     eval_kernel = build_component(registry, "kernels", eval_spec, backend)

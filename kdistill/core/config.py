@@ -182,6 +182,10 @@ class DistillConfig:
         time_limit: KIP only: stop after the step during which the training time
             (evaluations included) passed this many seconds (0 = no limit). The number of
             steps then depends on the machine: the run's metrics record ``steps_run``.
+        threads: threads for torch, the BLAS libraries and (for 1) XLA; None = the
+            cores this process may use (``os.sched_getaffinity``). On a machine whose
+            cores are shared with other CPU-bound work, 1 is often several times faster
+            (see ``kdistill.core.threads``). May change on resume.
     """
 
     method: str = attrs.field(default="kip", validator=_one_of(METHODS))
@@ -214,6 +218,7 @@ class DistillConfig:
     valid_kernel: ComponentSpec | None = _optional_spec()
     patience: int = attrs.field(default=0, validator=_int_at_least(0))
     time_limit: float = attrs.field(default=0.0, converter=_int_to_float, validator=_nonneg_float)
+    threads: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(1)))
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

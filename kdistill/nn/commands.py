@@ -16,11 +16,25 @@ from typing import Any
 import click
 
 from kdistill.core.errors import KdistillError
+from kdistill.core.threads import apply_threads
+
+
+#: ``--threads`` of every command that computes (distill, evaluate, baseline).
+threads_option = click.option(
+    "--threads", type=int,
+    help="Threads for torch, BLAS and (1) XLA. Default: the cores this process may use; "
+         "1 is often much faster when other work shares the cores.")
 
 
 def _fail(exc: Exception) -> None:
     click.secho(f"error: {exc}", fg="red", err=True)
     sys.exit(2)
+
+
+def _warn_old_thread_variable() -> None:
+    if "KDISTILL_TORCH_THREADS" in os.environ:
+        click.secho("warning: KDISTILL_TORCH_THREADS is no longer read; use --threads N "
+                    "(torch, BLAS and XLA alike)", fg="yellow", err=True)
 
 
 def _artifact_path(artifact: str) -> Path:
@@ -55,12 +69,14 @@ def load_protocol(model: str, protocol_file: str | None, nn_sets: tuple[str, ...
     return protocol.with_overrides(list(nn_sets)) if nn_sets else protocol
 
 
-def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds, data_dir, out, progress) -> dict:
+def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds, data_dir, out, progress,
+                        threads: int | None = None) -> dict:
     """Train the protocol's networks on ARTIFACT, print mean ± std, write the JSON result.
 
-    The result goes to ``--out`` or ``<artifact dir>/nn_<model>.json``. The environment
-    variable ``KDISTILL_TORCH_THREADS`` sets torch's thread count (1 is fastest for
-    small networks on a loaded machine; numbers are reproducible per thread count).
+    The result goes to ``--out`` or ``<artifact dir>/nn_<model>.json``. ``threads`` sets
+    torch's and BLAS's thread count (:func:`kdistill.core.threads.apply_threads`; 1 is
+    fastest for small networks on a loaded machine; numbers are reproducible per
+    thread count, which the result records).
     """
     from tqdm.auto import tqdm
 
@@ -69,12 +85,11 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
     from kdistill.nn.train import evaluate_nn
 
     path = _artifact_path(artifact)
-    threads = os.environ.get("KDISTILL_TORCH_THREADS")
-    if threads:  # results depend on the thread count in the last bits; machine info records it
-        import torch
-
-        torch.set_num_threads(int(threads))
+    _warn_old_thread_variable()
     try:
+        import torch  # noqa: F401  (imported first so that apply_threads sets its thread count)
+
+        apply_threads(threads)
         art = load(path)
         protocol = load_protocol(model, protocol_file, nn_sets, seeds)
         click.echo(f"protocol: {protocol.describe()}")
@@ -104,7 +119,8 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
 @click.option("--data-dir", help="Where the dataset's files are (default: as recorded in the run).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Directory for <kind>/distilled.npz. Default: <artifact dir>/baselines.")
-def baseline(artifact, kinds, seed, data_dir, out_dir) -> None:
+@threads_option
+def baseline(artifact, kinds, seed, data_dir, out_dir, threads) -> None:
     """Build random / k-means / herding baselines the size of ARTIFACT's support set.
 
     Each is a distilled.npz in the artifact's preprocessed space with centered one-hot
@@ -116,6 +132,7 @@ def baseline(artifact, kinds, seed, data_dir, out_dir) -> None:
 
     path = _artifact_path(artifact)
     try:
+        apply_threads(threads)
         art = load(path)
         sets = baselines_for(art, kinds or BASELINES, seed=seed,
                              overrides={"data_dir": data_dir} if data_dir else None)

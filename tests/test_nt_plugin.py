@@ -34,15 +34,32 @@ def test_catalogue_convnet_equals_our_convnet(nt_available, jax_backend, rng):
         np.testing.assert_allclose(np.asarray(theirs), np.asarray(ours), rtol=1e-10)
 
 
-def test_import_path_architecture_and_batching(nt_available, jax_backend, rng):
-    """An architecture given as 'module:function' (here the catalogue's own FC) equals our
-    FC kernel, also when computed in blocks of rows."""
+def test_registered_architecture_and_batching(nt_available, jax_backend, rng):
+    """The registered architecture 'fc' equals our FC kernel, also when computed in
+    blocks of rows."""
     b = jax_backend
     x1, x2 = b.asarray(rng.standard_normal((5, 3, 3, 2)), "float64"), b.asarray(rng.standard_normal((7, 3, 3, 2)), "float64")
     ref = np.asarray(FCKernel(depth=2).bind(b)(x1, x2))
-    for path in ("kdistill.plugins.kernels.nt:fc_arch", "kdistill.plugins.kernels.nt.fc_arch"):
-        k = NTKernel(arch=path, arch_params={"depth": 2}, batch_size=2).bind(b)
-        np.testing.assert_allclose(np.asarray(k(x1, x2)), ref, rtol=1e-10)
+    k = NTKernel(arch="fc", arch_params={"depth": 2}, batch_size=2).bind(b)
+    np.testing.assert_allclose(np.asarray(k(x1, x2)), ref, rtol=1e-10)
+
+
+def test_import_paths_are_refused_without_importing(monkeypatch):
+    """An import path (even of kdistill's own architecture function) is refused at
+    construction, naming the registered architectures; nothing is imported."""
+    imported = []
+    import importlib
+
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real(name, *a))
+    for path in ("kdistill.plugins.kernels.nt:fc_arch", "kdistill.plugins.kernels.nt.fc_arch", "os:system"):
+        with pytest.raises(ConfigError) as info:
+            NTKernel(arch=path)
+        msg = str(info.value)
+        assert f"NTKernel.arch must be the name of a registered architecture, got {path!r}" in msg
+        assert "registered architectures: convnet, fc" in msg
+        assert "import paths are not accepted" in msg and "kdistill_register_architectures" in msg
+    assert imported == []
 
 
 def test_jax_only(jax_backend, torch_backend, registry):
@@ -56,9 +73,9 @@ def test_jax_only(jax_backend, torch_backend, registry):
 
 
 def test_bad_architecture_fails_at_bind(nt_available, jax_backend):
-    with pytest.raises(ConfigError, match="cannot import"):
-        NTKernel(arch="no_such_module.arch").bind(jax_backend)
-    with pytest.raises(ConfigError, match="neither a built-in"):
+    with pytest.raises(ConfigError, match="must be the name of a registered architecture"):
+        NTKernel(arch="no_such_module.arch")
+    with pytest.raises(ConfigError, match="arch 'convnet2' is not a registered architecture; registered architectures: convnet, fc"):
         NTKernel(arch="convnet2").bind(jax_backend)
     with pytest.raises(ConfigError, match="failed"):
         NTKernel(arch="convnet", arch_params={"no_such_param": 1}).bind(jax_backend)

@@ -40,9 +40,10 @@ BUILTINS = {
     "solvers": ["cholesky", "exact", "feature", "low-rank"],
     "losses": ["mse", "platt"],
     "datasets": ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist", "svhn"],
+    "architectures": ["convnet", "fc"],
 }
 SINGULAR = {"backends": "backend", "kernels": "kernel", "solvers": "solver", "losses": "loss",
-            "datasets": "dataset"}
+            "datasets": "dataset", "architectures": "architecture"}
 FAST_ARGS = ["--steps", "3", "--ipc", "1", "--target-batch", "200", "--eval-every", "0", "--no-progress"]
 
 
@@ -85,6 +86,8 @@ def test_builtin_factories_are_contract_classes(builtin_registry):
     from kdistill.core.contracts import Loss, Solver
 
     bases = {"kernels": Kernel, "solvers": Solver, "losses": Loss}
+    for name in BUILTINS["architectures"]:  # plain functions returning a stax triple
+        assert callable(builtin_registry.get("architectures", name).factory)
     for kind, base in bases.items():
         for name in BUILTINS[kind]:
             factory = builtin_registry.get(kind, name).factory
@@ -245,7 +248,7 @@ def test_incompatible_backend_fails_before_any_work(jaxonly_registry, monkeypatc
 
 def test_name_clash_keeps_builtin():
     reg = Registry(third_party=False)
-    with pytest.warns(UserWarning, match="kernel 'rbf' from impostor ignored: already provided by kdistill"):
+    with pytest.warns(UserWarning, match="kernel 'rbf' is a built-in of kdistill 0.1.0, which stays; impostor must"):
         reg.register_plugin(make_plugin("impostor_plugin", "rbf", JaxOnlyKernel), package="impostor")
     assert reg.get("kernels", "rbf").package == "kdistill"
     assert reg.get("kernels", "rbf").factory is not JaxOnlyKernel

@@ -25,6 +25,15 @@ Factories:
   hyperparameters (subclasses of :class:`~kdistill.core.contracts.Kernel`,
   :class:`~kdistill.core.contracts.Solver`, :class:`~kdistill.core.contracts.Loss`).
 - datasets: ``loader(data_dir: str | None) -> kdistill.datasets.base.Dataset``.
+- architectures: a function of keyword hyperparameters returning a neural-tangents
+  ``stax`` triple ``(init_fn, apply_fn, kernel_fn)``, e.g. ``stax.serial(...)``; the
+  ``nt`` kernel selects it by name (``kernel = {name = "nt", arch = "my-resnet"}``).
+
+Names are strings matching :data:`kdistill.core.registry.NAME_PATTERN` (letters,
+digits, ``_``, ``-``). A name that a built-in already uses is refused (the built-in
+stays); a name two installed packages both register is refused for both. A plugin
+whose import or hook fails is skipped with a warning; ``kdistill plugins`` lists
+every component with its package and every skipped plugin with the reason.
 """
 
 from __future__ import annotations
@@ -60,3 +69,12 @@ def kdistill_register_losses(register):
 @hookspec
 def kdistill_register_datasets(register):
     """Register datasets: ``register(name, loader, description)``."""
+
+
+@hookspec
+def kdistill_register_architectures(register):
+    """Register neural-tangents architectures for the ``nt`` kernel:
+    ``register(name, arch_function, description)``; ``arch_function(**arch_params)``
+    returns ``(init_fn, apply_fn, kernel_fn)``. Import neural-tangents inside the
+    function (through :func:`kdistill.core.optional.import_neural_tangents`), not at
+    module import, so that kdistill starts without it."""

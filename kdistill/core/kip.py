@@ -388,12 +388,14 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
 
 def _result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:
     from kdistill import __version__
+    from kdistill.core.registry import component_provenance
 
     metrics = {
         **metrics,
         "kernel": config.kernel.to_dict(),
         "eval_kernel": (config.eval_kernel or config.kernel).to_dict(),
         "backend": config.backend,
+        "components": component_provenance(config),  # which package supplied each component
     }
 
     return DistilledSet(

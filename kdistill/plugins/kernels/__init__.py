@@ -6,6 +6,7 @@ from kdistill.core.hookspecs import hookimpl
 from kdistill.plugins.kernels.convnet import ConvNetKernel, ConvNetNoPoolKernel
 from kdistill.plugins.kernels.fc import FCKernel
 from kdistill.plugins.kernels.nt import NTKernel
+from kdistill.plugins.kernels.nt import kdistill_register_architectures  # noqa: F401  (built-in architectures)
 from kdistill.plugins.kernels.rbf import RBFKernel
 from kdistill.plugins.kernels.rf_convnet import RandomFeatureConvNetKernel
 from kdistill.plugins.kernels.rf_fc import RandomFeatureFCKernel

@@ -1,15 +1,37 @@
 """Any neural-tangents ``stax`` architecture as a kdistill kernel (JAX backend only).
 
-``arch`` names a built-in architecture (:data:`CATALOGUE`: ``convnet``, ``fc``) or a
-Python import path ``"package.module:function"`` (or ``"package.module.function"``) of a
-function returning ``(init_fn, apply_fn, kernel_fn)`` (e.g. ``stax.serial(...)``), called
-with ``arch_params`` as keyword arguments::
+``arch`` names a *registered architecture*: a built-in one (``convnet``, ``fc``) or one
+that an installed package registers through the ``kdistill_register_architectures``
+hook of :mod:`kdistill.core.hookspecs` (an entry point of the ``kdistill`` group, like
+any other plugin). The architecture function returns ``(init_fn, apply_fn,
+kernel_fn)`` (e.g. ``stax.serial(...)``) and is called with ``arch_params`` as keyword
+arguments::
 
     [kernel]
     name = "nt"
-    arch = "my_package.archs:wide_resnet"
+    arch = "convnet"
     kind = "ntk"
     arch_params = { depth = 4 }
+
+Import paths (``"package.module:function"``) are not accepted: a config can come from
+an artifact or a checkpoint, and nothing read from a file may import or call code. To
+use your own architecture, register it from a package::
+
+    # my_package/archs.py
+    from kdistill.core.hookspecs import hookimpl
+
+    def wide_resnet(depth=4):
+        from kdistill.core.optional import import_neural_tangents
+        stax = import_neural_tangents().stax
+        return stax.serial(...)
+
+    @hookimpl
+    def kdistill_register_architectures(register):
+        register("wide-resnet", wide_resnet, "WideResNet for the nt kernel")
+
+    # pyproject.toml
+    [project.entry-points.kdistill]
+    archs = "my_package.archs"
 
 neural-tangents is imported only when the kernel is bound to a backend (through
 :func:`kdistill.core.optional.import_neural_tangents`, the lean, TensorFlow-free import);
@@ -21,15 +43,16 @@ the ``convnet`` kernel (``benchmarks/convnet_kernel_speed.py``).
 
 from __future__ import annotations
 
-import importlib
 import math
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
 from kdistill.core.contracts import Kernel
 from kdistill.core.errors import ConfigError
+from kdistill.core.hookspecs import hookimpl
 from kdistill.core.validators import kernel_kind
 
 
@@ -61,8 +84,15 @@ def fc_arch(depth: int = 1, sw2: float = 2.0, sb2: float = 0.01, width: int = 1)
     return stax.serial(*layers, stax.Dense(1, W_std=w, b_std=b))
 
 
-#: Built-in architectures, by name.
+#: Built-in architectures, by name (registered through :func:`kdistill_register_architectures`).
 CATALOGUE: dict[str, Callable] = {"convnet": convnet_arch, "fc": fc_arch}
+
+
+@hookimpl
+def kdistill_register_architectures(register):
+    """The built-in architectures, registered like any third-party one."""
+    register("convnet", convnet_arch, "the convnet kernel's ConvNet in stax (conv3x3+ReLU+avg-pool blocks)")
+    register("fc", fc_arch, "the fc kernel's fully-connected ReLU network in stax")
 
 
 def _stax():
@@ -71,34 +101,47 @@ def _stax():
     return import_neural_tangents().stax
 
 
-def resolve_arch(arch: str) -> Callable:
-    """The architecture function for a catalogue name or an import path.
+def _how_to_register(registry) -> str:
+    return (
+        f"registered architectures: {', '.join(registry.names('architectures')) or '(none)'} "
+        f"(`kdistill plugins` lists them); import paths are not accepted. To add one, register it from "
+        f"an installed package with the kdistill_register_architectures hook "
+        f"(see kdistill.core.hookspecs)"
+    )
 
+
+def resolve_arch(arch: str, registry=None) -> Callable:
+    """The registered architecture function named ``arch``.
+
+    Only registered names resolve: nothing is imported here, so an ``arch`` read from
+    an artifact, a checkpoint or a config file cannot run code.
+
+    Args:
+        registry: default: :func:`kdistill.core.registry.get_registry`.
     Raises:
-        ConfigError: unknown name, or a path that does not import / name a callable.
+        ConfigError: ``arch`` is not a registered architecture (the message lists the
+            registered ones and says how a package registers one), or is registered
+            by two packages.
     """
-    if arch in CATALOGUE:
-        return CATALOGUE[arch]
-    module_name, sep, attr = arch.partition(":")
-    if not sep:
-        module_name, _, attr = arch.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(
-            f"nt kernel: arch {arch!r} is neither a built-in ({', '.join(CATALOGUE)}) nor an import "
-            f"path like 'package.module:function'"
-        )
+    from kdistill.core.registry import AmbiguousComponentError, get_registry
+
+    registry = registry or get_registry()
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"nt kernel: cannot import architecture {arch!r}: {exc}") from exc
-    if not callable(fn):
-        raise ConfigError(f"nt kernel: {arch!r} is not callable")
-    return fn
+        return registry.get("architectures", arch).factory
+    except AmbiguousComponentError as exc:
+        raise ConfigError(f"nt kernel: {exc}") from None
+    except ConfigError:
+        raise ConfigError(f"nt kernel: arch {arch!r} is not a registered architecture; {_how_to_register(registry)}") from None
 
 
 def _arch(inst, attr, value) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"NTKernel.arch must be a catalogue name or an import path, got {value!r}")
+    from kdistill.core.registry import NAME_PATTERN, get_registry
+
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+        raise ConfigError(
+            f"NTKernel.arch must be the name of a registered architecture, got {value!r}; "
+            f"{_how_to_register(get_registry())}"
+        )
 
 
 def _params(inst, attr, value) -> None:
@@ -116,8 +159,10 @@ class NTKernel(Kernel):
     """A neural-tangents ``stax`` architecture's infinite-width NNGP or NTK.
 
     Args:
-        arch: a name in :data:`CATALOGUE` or an import path ``"module:function"``; the
-            function returns ``(init_fn, apply_fn, kernel_fn)``.
+        arch: the name of a registered architecture (``kdistill plugins`` lists them:
+            built-in ``convnet`` and ``fc``, plus any an installed package registers);
+            its function returns ``(init_fn, apply_fn, kernel_fn)``. Import paths are
+            refused.
         arch_params: keyword arguments for the architecture function.
         kind: ``"ntk"`` (default) or ``"nngp"``.
         batch_size: rows of ``x1`` and ``x2`` per ``kernel_fn`` call (0: all at once).
@@ -127,11 +172,15 @@ class NTKernel(Kernel):
     Backends: JAX only.
 
     Raises:
-        ConfigError: at :meth:`bind`, when neural-tangents is not importable (with the
-            install command), or the architecture cannot be resolved or built.
+        ConfigError: at construction, when ``arch`` is not a name (e.g. an import path
+            ``"os:system"``); at :meth:`bind`, when neural-tangents is not importable
+            (with the install command), or the architecture is not registered or
+            cannot be built.
     """
 
     backends = ("jax",)
+    #: parameters naming registered components (recorded in a run's provenance)
+    registry_refs: ClassVar[dict[str, str]] = {"arch": "architectures"}
 
     arch: str = attrs.field(default="convnet", validator=_arch)
     arch_params: dict = attrs.field(factory=dict, validator=_params)

@@ -248,11 +248,17 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
 
 @main.command()
 def plugins() -> None:
-    """List every backend, kernel, solver, loss and dataset, and where it comes from."""
-    from kdistill.core.registry import get_registry
+    """List every backend, kernel, solver, loss, dataset and architecture, and where it
+    comes from; then any plugin that was skipped (broken) or component refused (name
+    clash), with the reason."""
+    import warnings
+
+    from kdistill.core.registry import PluginWarning, get_registry
 
     try:
-        reg = get_registry()
+        with warnings.catch_warnings():  # the problems are listed below, not warned twice
+            warnings.simplefilter("ignore", PluginWarning)
+            reg = get_registry()
     except KdistillError as exc:
         _fail(exc)
     from kdistill.core.registry import SINGULAR
@@ -262,6 +268,13 @@ def plugins() -> None:
     click.echo(f"{'kind':<{widths[0]}}  {'name':<{widths[1]}}  {'package':<{widths[2]}}  description")
     for row in rows:
         click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    if reg.problems:
+        click.echo("\nskipped:")
+        rows = [(p.status, p.plugin, f"{p.package} {p.version}", p.reason) for p in reg.problems]
+        widths = [max(len(row[i]) for row in rows + [("status", "plugin", "package", "")]) for i in range(3)]
+        click.echo(f"{'status':<{widths[0]}}  {'plugin':<{widths[1]}}  {'package':<{widths[2]}}  reason")
+        for row in rows:
+            click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
 
 
 def _add_nn_commands() -> None:

@@ -211,7 +211,8 @@ class Registry:
             impls = [i for i in getattr(self.pm.hook, hook_name).get_hookimpls() if i.plugin is plugin.module]
             for impl in impls:
                 if impl.hookwrapper or impl.wrapper:
-                    return [], f"{hook_name} is a hook wrapper; register components with a plain @hookimpl"
+                    return [], (f"{hook_name} is a hook wrapper; register components with a plain @hookimpl; "
+                                f"fix or uninstall {plugin.package}")
                 bad: list[str] = []
 
                 def register(name=None, factory=None, description="", *_extra, _kind=kind, _bad=bad):

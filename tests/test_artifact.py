@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import kdistill
 from kdistill.cli import main
+from kdistill.core import safeio
 from kdistill.core.artifact import FORMAT, FORMAT_VERSION, DistilledSet
 from kdistill.core.components import prepare_data
 from kdistill.core.errors import ArtifactError
@@ -55,6 +56,15 @@ def npz_entries(path) -> dict[str, np.ndarray]:
 def write_npz(path, entries: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as fh:
         np.savez(fh, **entries)
+
+
+def forge(path, entries: dict[str, np.ndarray]) -> None:
+    """Write ``entries`` with a recomputed integrity record (what a forger could do), so
+    that what is tested is the structure validation behind the integrity check."""
+    entries = dict(entries)
+    meta = json.loads(str(entries.pop("meta")))
+    meta.pop("integrity", None)
+    safeio.write_npz(path, entries, meta)
 
 
 # ------------------------------------------------------------------ round trip
@@ -269,6 +279,9 @@ def test_inconsistent_shapes(saved, tmp_path):
     entries["labels"] = entries["labels"][:-1]
     bad = tmp_path / "shapes.npz"
     write_npz(bad, entries)
+    with pytest.raises(ArtifactError, match="failed its checksum for entries labels"):
+        kdistill.load(bad)
+    forge(bad, entries)  # a consistent record: the shapes themselves are refused
     with pytest.raises(ArtifactError, match="inconsistent shapes"):
         kdistill.load(bad)
 

@@ -31,7 +31,7 @@ os.environ.setdefault("KDISTILL_DISABLE_PLUGINS", "1")  # also when run as a scr
 import kdistill  # noqa: E402
 from kdistill.cli import main as cli_main  # noqa: E402
 from kdistill.core.artifact import DistilledSet  # noqa: E402
-from kdistill.core.checkpoint import Checkpoint, checkpoint_path, load_checkpoint  # noqa: E402
+from kdistill.core.checkpoint import HISTORY_KEYS, Checkpoint, checkpoint_path, load_checkpoint  # noqa: E402
 from kdistill.core.config import DistillConfig  # noqa: E402
 from kdistill.core.evaluate import evaluate_artifact  # noqa: E402
 from kdistill.core.errors import (  # noqa: E402
@@ -197,9 +197,10 @@ def hostile(tmp: Path) -> np.ndarray:
 def checkpoint_dir(tmp: Path, **config) -> Path:
     """A run directory with a (synthetic) checkpoint of the given config."""
     run = tmp / "run"
-    Checkpoint(step=1, config=DistillConfig(**config).to_dict(), trainer_state={"params/x_s": np.zeros(3)},
+    Checkpoint(step=1, config=DistillConfig(**config).to_dict(), trainer_state={"params/x_s": np.zeros((1, 3))},
                labels=np.zeros((1, 3), np.float32), class_ids=np.zeros(1, np.int64),
-               rng_state=np.random.default_rng(0).bit_generator.state, history={}, guard={},
+               rng_state=np.random.default_rng(0).bit_generator.state,
+               history={k: [] for k in HISTORY_KEYS}, guard={"ridge": 1e-6, "lr": 0.01, "retries": 2, "events": []},
                data_fingerprint="f").save(checkpoint_path(run))
     return run
 

@@ -131,7 +131,8 @@ def test_checkpoint_file_contents(crashed_run):
     assert meta["step"] == 6 and meta["history"]["step"] == [1, 2, 3, 4, 5, 6]
     assert meta["config"]["checkpoint_every"] == 3 and meta["config"]["seed"] == 7
     assert meta["rng_state"]["bit_generator"] == "PCG64"
-    assert set(meta["checksums"]) == names - {"meta"}
+    assert set(meta["integrity"]["arrays"]) == names - {"meta"}
+    assert set(meta["integrity"]["fields"]) == set(meta) - {"integrity"}
     assert meta["guard"] == {"ridge": 1e-6, "lr": 0.01, "retries": 2, "events": []}
     ck = load_checkpoint(path)
     assert ck.step == 6 and ck.params()["x_s"].shape == (20, 8, 8, 1)

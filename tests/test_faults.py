@@ -228,9 +228,11 @@ def checkpoint(step: int, n: int = 25_000) -> Checkpoint:
     rng = np.random.default_rng(step)
     return Checkpoint(
         step=step, config=DistillConfig().to_dict(), labels=np.zeros((2, 10), np.float32),
-        trainer_state={"params/x_s": rng.standard_normal(n).astype(np.float32), "opt/0000": np.int32(step)},
+        trainer_state={"params/x_s": rng.standard_normal((2, n // 2)).astype(np.float32), "opt/0000": np.int32(step)},
         class_ids=np.zeros(2, np.int64), rng_state=np.random.default_rng(step).bit_generator.state,
-        history={"step": list(range(1, step + 1))}, guard={}, data_fingerprint="f",
+        history={"step": list(range(1, step + 1)), "loss": [1.0] * step, "eval_step": [], "eval_acc": [],
+                 "eval_seconds": []},
+        guard={"ridge": 1e-6, "lr": 0.01, "retries": 2, "events": []}, data_fingerprint="f",
     )
 
 

@@ -1,4 +1,6 @@
-"""Files written by earlier kdistill versions stay readable.
+"""Files written by earlier kdistill versions: refused by default (they predate the
+integrity record over their metadata), readable on explicit request (``allow_legacy``)
+so that a trusted file can be re-saved in the current, verified format.
 
 ``tests/data`` holds frozen files; never regenerate them with a newer kdistill (that
 would defeat the test). They hold the arrays built in :func:`expected_arrays`:
@@ -19,6 +21,7 @@ import pytest
 import kdistill
 from kdistill.core.checkpoint import config_differences, load_checkpoint
 from kdistill.core.config import DistillConfig
+from kdistill.core.errors import ArtifactError, CheckpointError
 
 DATA = Path(__file__).parent / "data"
 
@@ -31,8 +34,13 @@ def expected_arrays():
 
 
 @pytest.mark.parametrize("name", ["artifact_v1_kdistill-0.1.0.npz", "artifact_v1_checksums.npz"])
-def test_version_1_artifacts_load(name):
-    art = kdistill.load(DATA / name)
+def test_version_1_artifacts_load(name, tmp_path):
+    with pytest.raises(ArtifactError, match="predates integrity records.*allow_legacy=True"):
+        kdistill.load(DATA / name)
+    with pytest.warns(UserWarning, match="without verifying its metadata"):
+        art = kdistill.load(DATA / name, allow_legacy=True)
+    resaved = kdistill.load(art.save(tmp_path / "resaved.npz"))  # now in the verified format
+    np.testing.assert_array_equal(resaved.images, art.images)
     images, labels, class_ids = expected_arrays()
     np.testing.assert_array_equal(art.images, images)
     np.testing.assert_array_equal(art.labels, labels)
@@ -45,7 +53,10 @@ def test_version_1_artifacts_load(name):
 
 
 def test_version_1_checkpoint_loads():
-    ck = load_checkpoint(DATA / "checkpoint_v1.npz")
+    with pytest.raises(CheckpointError, match="predates integrity records"):
+        load_checkpoint(DATA / "checkpoint_v1.npz")
+    with pytest.warns(UserWarning, match="without verifying its metadata"):
+        ck = load_checkpoint(DATA / "checkpoint_v1.npz", allow_legacy=True)
     images, labels, class_ids = expected_arrays()
     assert ck.step == 3 and ck.version == "0.1.0" and ck.elapsed_seconds == 1.5
     np.testing.assert_array_equal(ck.params()["x_s"], images)

@@ -229,10 +229,12 @@ def _artifact_bytes() -> bytes:
 
 
 def _checkpoint_bytes() -> bytes:
-    ck = Checkpoint(step=3, config=DistillConfig().to_dict(), trainer_state={"params/x_s": np.arange(12.0)},
+    ck = Checkpoint(step=3, config=DistillConfig().to_dict(), trainer_state={"params/x_s": np.arange(12.0).reshape(2, 6)},
                     labels=np.zeros((2, 2), np.float32), class_ids=np.zeros(2, np.int64),
-                    rng_state=np.random.default_rng(1).bit_generator.state, history={"step": [1, 2, 3]},
-                    guard={}, data_fingerprint="f")
+                    rng_state=np.random.default_rng(1).bit_generator.state,
+                    history={"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "eval_step": [], "eval_acc": [],
+                             "eval_seconds": []},
+                    guard={"ridge": 1e-6, "lr": 0.01, "retries": 2, "events": []}, data_fingerprint="f")
     with tempfile.TemporaryDirectory() as tmp:
         return ck.save(Path(tmp) / "c.npz").read_bytes()
 

@@ -17,28 +17,42 @@ Layout (written by :func:`kdistill.core.safeio.write_npz`, read with
 - ``meta`` — JSON: ``format`` (``kdistill-checkpoint``), ``format_version``,
   ``kdistill_version``, ``config``, ``step``, ``rng_state`` (the generator's
   ``bit_generator.state``, integers as decimal strings since PCG64's are 128-bit),
-  ``history``, ``guard``, ``data_fingerprint``, ``elapsed_seconds``, ``checksums``.
+  ``history``, ``guard``, ``data_fingerprint``, ``elapsed_seconds``, ``best_step``,
+  ``best_acc`` and ``integrity``: the record of
+  :func:`kdistill.core.safeio.integrity_record`, one SHA-256 digest over every other
+  metadata field and every array.
 
 Files are written atomically (temp file, fsync, rename), so a kill or a full disk
 at any moment leaves either the previous checkpoint or the new one, never a mix.
+:func:`load_checkpoint` refuses a file without the integrity record or whose content
+differs from it, then validates every field (types, ranges, the guard's and the
+history's keys, array shapes), so a malformed checkpoint fails at load, before any
+step runs. Format version 2 added the record; version-1 checkpoints are refused
+unless the caller passes ``allow_legacy=True`` (then only their arrays are checked).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 
-from kdistill.core.errors import CheckpointError
-from kdistill.core.safeio import read_npz, verify_checksums, write_npz
+from kdistill.core.errors import CheckpointError, KdistillError
+from kdistill.core.safeio import read_npz, verify_checksums, verify_legacy_checksums, write_npz
 
 FORMAT = "kdistill-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The last format version without an integrity record over the metadata.
+LEGACY_VERSION = 1
+#: Keys of the per-step history, each a list.
+HISTORY_KEYS = ("step", "loss", "eval_step", "eval_acc", "eval_seconds")
 FILENAME = "checkpoint.npz"
 
 #: Config fields that may differ on resume: they do not change the trajectory.
@@ -125,29 +139,44 @@ class Checkpoint:
             ) from exc
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, allow_legacy: bool = False) -> Checkpoint:
     """Read a checkpoint written by :meth:`Checkpoint.save`. Never unpickles.
 
+    Args:
+        allow_legacy: accept a format-version-1 checkpoint (written before integrity
+            records; only its arrays can be verified) with a warning, instead of
+            refusing it. A file can never turn this on itself.
     Raises:
-        CheckpointError: missing, truncated, tampered (checksum), malformed, or of a
-            newer format version.
+        CheckpointError: missing, truncated, tampered or corrupted (no integrity record,
+            or metadata / arrays that differ from it: the message names them), of a
+            newer format version, a version-1 file without ``allow_legacy``, or
+            malformed (the message names the field: e.g. ``guard.ridge``).
     """
+    name = str(path)
     arrays, meta = read_npz(
         path, fmt=FORMAT, max_version=FORMAT_VERSION, required=("labels", "class_ids"),
         error=CheckpointError, what="checkpoint",
     )
-    verify_checksums(path, arrays, meta, CheckpointError)
-    name = str(path)
-    fields = {"step": int, "config": dict, "rng_state": dict, "history": dict, "guard": dict,
-              "data_fingerprint": str}
-    bad = [k for k, t in fields.items() if not isinstance(meta.get(k), t) or isinstance(meta.get(k), bool)]
-    if bad or meta["step"] < 0:
-        raise CheckpointError(f"{name!r} has malformed metadata fields: {', '.join(bad) or 'step'}")
+    if meta["format_version"] <= LEGACY_VERSION:
+        if not allow_legacy:
+            raise CheckpointError(
+                f"{name!r} is a format-version-{meta['format_version']} checkpoint: it predates integrity "
+                "records, so its config, history and state cannot be verified and kdistill refuses to "
+                "resume from it. Start the run again in a new directory, or, if you trust this file, "
+                "re-save it once with `load_checkpoint(path, allow_legacy=True).save(path)`"
+            )
+        warnings.warn(f"loading {name!r} without verifying its metadata (format version 1, no integrity "
+                      "record; allow_legacy=True)", stacklevel=2)
+        verify_legacy_checksums(path, arrays, meta, CheckpointError, required=True)
+    else:
+        verify_checksums(path, arrays, meta, CheckpointError, what="checkpoint",
+                         legacy_hint="start the run again in a new directory")
+    _validate(name, arrays, meta)
     try:
         rng_state = decode_rng_state(meta["rng_state"])
         np.random.Generator(np.random.PCG64()).bit_generator.state = rng_state
     except Exception as exc:  # numpy raises several types for a malformed state
-        raise CheckpointError(f"{name!r} has an invalid random generator state: {exc}") from exc
+        raise CheckpointError(f"{name!r} has an invalid random generator state (field rng_state): {exc}") from exc
     return Checkpoint(
         step=meta["step"],
         config=meta["config"],
@@ -164,6 +193,98 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         best_step=meta.get("best_step"),
         best_acc=meta.get("best_acc"),
     )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validate(name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Every field a resume uses, before any work (after the integrity check, so a
+    consistent but malformed file still fails here).
+
+    Raises:
+        CheckpointError: naming the first malformed field or entry.
+    """
+    def bad(field: str, expected: str, value: Any = None, show: bool = True) -> CheckpointError:
+        got = f", got {value!r}" if show and len(repr(value)) <= 80 else f", got a {type(value).__name__}"
+        return CheckpointError(f"{name!r} has a malformed field {field}: expected {expected}{got}")
+
+    kinds = {"kdistill_version": (str, "a string"), "step": (int, "an integer >= 0"),
+             "config": (dict, "a JSON object"), "rng_state": (dict, "a JSON object"),
+             "history": (dict, "a JSON object"), "guard": (dict, "a JSON object"),
+             "data_fingerprint": (str, "a string")}
+    for field, (kind, expected) in kinds.items():
+        if field not in meta:
+            raise CheckpointError(f"{name!r} metadata lacks the field {field}")
+        if not isinstance(meta[field], kind) or isinstance(meta[field], bool):
+            raise bad(field, expected, meta[field])
+    step = meta["step"]
+    if step < 0:
+        raise bad("step", "an integer >= 0", step)
+    from kdistill.core.config import DistillConfig
+
+    try:
+        DistillConfig.from_dict(meta["config"])
+    except KdistillError as exc:
+        raise CheckpointError(f"{name!r} has a malformed field config: {exc}") from exc
+    hist = meta["history"]
+    for key in HISTORY_KEYS:
+        if not isinstance(hist.get(key), list):
+            raise bad(f"history.{key}", "a list", hist.get(key))
+    for group in (("step", "loss"), ("eval_step", "eval_acc", "eval_seconds")):
+        lengths = {k: len(hist[k]) for k in group}
+        if len(set(lengths.values())) > 1:
+            raise CheckpointError(f"{name!r} has a malformed field history: lists of different lengths {lengths}")
+    guard = meta["guard"]
+    for key in ("ridge", "lr"):
+        if not (_is_finite(guard.get(key)) and guard[key] > 0):
+            raise bad(f"guard.{key}", "a finite number > 0", guard.get(key))
+    if not (_is_int(guard.get("retries")) and guard["retries"] >= 0):
+        raise bad("guard.retries", "an integer >= 0", guard.get("retries"))
+    if not isinstance(guard.get("events", []), list):
+        raise bad("guard.events", "a list", guard.get("events"))
+    elapsed = meta.get("elapsed_seconds", 0.0)
+    if not (_is_finite(elapsed) and elapsed >= 0):
+        raise bad("elapsed_seconds", "a finite number >= 0", elapsed)
+    best_step, best_acc = meta.get("best_step"), meta.get("best_acc")
+    if best_step is not None and not (_is_int(best_step) and 0 <= best_step <= step):
+        raise bad("best_step", f"null or an integer in 0..{step}", best_step)
+    if best_acc is not None and not (_is_finite(best_acc) and 0 <= best_acc <= 1):
+        raise bad("best_acc", "null or an accuracy in [0, 1]", best_acc)
+    if (best_step is None) != (best_acc is None):
+        raise CheckpointError(f"{name!r} has a malformed field best_step/best_acc: both or neither must be set")
+    if best_step is not None and "best/x_s" not in arrays:
+        raise CheckpointError(f"{name!r} has best_step {best_step} but lacks the entry best/x_s")
+
+    labels, class_ids = arrays["labels"], arrays["class_ids"]
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.floating):
+        raise CheckpointError(f"{name!r}: entry labels must be floats [n_s, C], got {labels.dtype} {labels.shape}")
+    if class_ids.shape != labels.shape[:1] or not np.issubdtype(class_ids.dtype, np.integer):
+        raise CheckpointError(f"{name!r}: entry class_ids must be integers [{len(labels)}], got "
+                              f"{class_ids.dtype} {class_ids.shape}")
+    if class_ids.size and (int(class_ids.min()) < 0 or int(class_ids.max()) >= labels.shape[1]):
+        raise CheckpointError(f"{name!r}: class_ids must lie in 0..{labels.shape[1] - 1}, found "
+                              f"{int(class_ids.min())}..{int(class_ids.max())}")
+    unknown = sorted(k for k in arrays if k not in ("labels", "class_ids") and not k.startswith(("trainer/", "best/")))
+    if unknown:
+        raise CheckpointError(f"{name!r} has unknown entries {', '.join(unknown)}")
+    for prefix in ("trainer/params/", "best/"):
+        if prefix == "best/" and best_step is None:
+            continue
+        x_s, y_s = arrays.get(f"{prefix}x_s"), arrays.get(f"{prefix}y_s")
+        if x_s is None:
+            raise CheckpointError(f"{name!r} lacks the entry {prefix}x_s (the support images)")
+        if x_s.ndim < 2 or len(x_s) != len(labels) or not np.issubdtype(x_s.dtype, np.floating):
+            raise CheckpointError(f"{name!r}: entry {prefix}x_s must be floats [{len(labels)}, ...], got "
+                                  f"{x_s.dtype} {x_s.shape}")
+        if y_s is not None and (y_s.shape != labels.shape or not np.issubdtype(y_s.dtype, np.floating)):
+            raise CheckpointError(f"{name!r}: entry {prefix}y_s must be floats {labels.shape}, got "
+                                  f"{y_s.dtype} {y_s.shape}")
 
 
 def encode_rng_state(state: dict[str, Any]) -> dict[str, Any]:

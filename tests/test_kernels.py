@@ -23,18 +23,21 @@ def np_kernel(backend, kernel, x1, x2):
 
 
 def test_fc_closed_form_special_angles(backend, rng):
-    """Orthogonal, parallel and antiparallel inputs have closed-form FC1 kernels (sb2=0)."""
+    """Orthogonal, parallel and antiparallel inputs have closed-form FC1 kernels (sb2=0).
+
+    The inputs are integer-valued (and sw2/d = 1/8), so every dot product is exact in
+    any summation order: the cosines are exactly 0 and +-1 whatever the BLAS, and the
+    kernel must then be exact up to a few roundings of its own arithmetic (1e-12)."""
     d, sw2 = 16, 2.0
-    x = rng.standard_normal(d)
-    y = rng.standard_normal(d)
-    y -= (y @ x) / (x @ x) * x  # orthogonal to x
-    y *= np.linalg.norm(x) / np.linalg.norm(y)
+    x = rng.integers(-8, 9, d).astype(np.float64)
+    y = rng.integers(-8, 9, d).astype(np.float64)
+    y = (x @ x) * y - (x @ y) * x  # orthogonal to x, still integer-valued
     pts = np.stack([x, y, 3.0 * x, -x])
     k = fc(backend, kind="nngp", depth=1, sw2=sw2, sb2=0.0)
     nngp, ntk = (backend.to_numpy(v) for v in k.nngp_ntk(backend.asarray(pts, "float64"), backend.asarray(pts, "float64")))
     k0 = sw2 * pts @ pts.T / d
-    # orthogonal: theta = pi/2 -> K1 = sw2/(2 pi) |K0|, Kdot * K0 = 0
-    assert nngp[0, 1] == pytest.approx(sw2 / (2 * math.pi) * k0[0, 0], rel=1e-12)
+    # orthogonal: theta = pi/2 -> K1 = sw2/(2 pi) sqrt(K0(x,x) K0(y,y)), Kdot * K0 = 0
+    assert nngp[0, 1] == pytest.approx(sw2 / (2 * math.pi) * math.sqrt(k0[0, 0] * k0[1, 1]), rel=1e-12)
     assert ntk[0, 1] == pytest.approx(nngp[0, 1], rel=1e-12)
     # parallel: theta = 0 -> K1 = sw2/2 K0, Theta = sw2 K0
     assert nngp[0, 2] == pytest.approx(sw2 / 2 * k0[0, 2], rel=1e-12)
@@ -42,6 +45,98 @@ def test_fc_closed_form_special_angles(backend, rng):
     # antiparallel: theta = pi -> K1 = 0 and Kdot = 0
     assert abs(nngp[0, 3]) < 1e-12 * k0[0, 0]
     assert abs(ntk[0, 3]) < 1e-12 * k0[0, 0]
+
+
+def _fc_reference(x, y, depth: int, sw2: float, sb2: float):
+    """FC NNGP and NTK of one input pair by the arc-cosine recursion in 60-digit
+    arithmetic (mpmath), from the exact values of the float inputs."""
+    import mpmath
+
+    with mpmath.workdps(max(60, mpmath.mp.dps)):  # mpmath.diff raises the precision
+        x = [mpmath.mpf(v) for v in x]
+        y = [mpmath.mpf(v) for v in y]
+
+        def dot(u, v):
+            return sum(a * b for a, b in zip(u, v)) * sw2 / len(u) + sb2
+
+        k, kxx, kyy = dot(x, y), dot(x, x), dot(y, y)
+        ntk = k
+        for _ in range(depth):
+            norm = mpmath.sqrt(kxx * kyy)
+            theta = mpmath.acos(max(min(k / norm, 1), -1))
+            k = sw2 / (2 * mpmath.pi) * norm * (mpmath.sin(theta) + (mpmath.pi - theta) * mpmath.cos(theta)) + sb2
+            ntk = k + sw2 / (2 * mpmath.pi) * (mpmath.pi - theta) * ntk
+            kxx, kyy = sw2 / 2 * kxx + sb2, sw2 / 2 * kyy + sb2
+        return k, ntk
+
+
+#: (a, m, sb2): x = (a, 0), y = (+-a, m): every dot product is exact, and the cosine is
+#: 1 - m^2/2 ulps (a = 2^26, sb2 = 0) or 1 - O(1e-12) with a bias (a = 2^20).
+NEAR_PARALLEL = [(2.0**26, m, 0.0) for m in (1, 2, 3)] + [(2.0**20, m, 0.25) for m in (1, 3)]
+
+
+@pytest.mark.parametrize("a,m,sb2", NEAR_PARALLEL)
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fc_accurate_a_few_ulps_from_unit_cosine(backend, a, m, sb2, sign):
+    """Inputs whose cosine is a few ulps from +-1: the kernel equals the 60-digit
+    recursion to a few ulps at every depth. Computing the angle as arccos of the
+    rounded cosine (and re-deriving it from rounded covariances at every layer) was off
+    by up to 7e-9 here (theta ~ sqrt(2 (1 - c)) turns one rounding into ~1e-8)."""
+    import mpmath
+
+    x, y = np.array([a, 0.0]), np.array([sign * a, float(m)])
+    for depth in (1, 2, 3):
+        k = fc(backend, depth=depth, sw2=2.0, sb2=sb2)
+        got = [backend.to_numpy(v)[0, 0] for v in k.nngp_ntk(backend.asarray(x[None], "float64"),
+                                                             backend.asarray(y[None], "float64"))]
+        ref = _fc_reference(x, y, depth, 2.0, sb2)
+        # errors relative to the kernel's scale sqrt(K(x,x) K(y,y)): K(x,x') itself is ~0
+        # for antiparallel inputs
+        scale = [mpmath.sqrt(u * v) for u, v in zip(_fc_reference(x, x, depth, 2.0, sb2),
+                                                    _fc_reference(y, y, depth, 2.0, sb2))]
+        for value, r, s in zip(got, ref, scale):
+            assert abs(value - float(r)) <= 8 * np.finfo(np.float64).eps * float(s), (depth, value, float(r))
+
+
+@pytest.mark.parametrize("a,m,sb2", [NEAR_PARALLEL[0], NEAR_PARALLEL[2], NEAR_PARALLEL[3]])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fc_gradient_accurate_near_unit_cosine(backend, a, m, sb2, sign):
+    """The NTK's gradient in the second input, a few ulps of cosine from +-1, equals the
+    derivative of the 60-digit recursion (mpmath.diff). It is finite and its relative
+    error is bounded by the conditioning of the angle there, about eps/theta (theta =
+    m/a >= 1.5e-8: 7e-9); tolerance 4 eps/theta. Differentiating arccos of the rounded
+    cosine gave 0 instead of -6.4e7 (m = 1) and errors of 6% (m = 3)."""
+    import mpmath
+
+    depth = 2
+    k = fc(backend, depth=depth, sw2=2.0, sb2=sb2)
+    x = backend.asarray(np.array([[a, 0.0]]), "float64")
+    _, grads = backend.value_and_grad(lambda p: k.nngp_ntk(x, p["y"])[1][0, 0])(
+        {"y": backend.asarray(np.array([[sign * a, float(m)]]), "float64")})
+    got = backend.to_numpy(grads["y"])[0]
+    with mpmath.workdps(60):
+        ref = np.array([
+            float(mpmath.diff(lambda t: _fc_reference([a, 0], [sign * a + t, m], depth, 2.0, sb2)[1], 0)),
+            float(mpmath.diff(lambda t: _fc_reference([a, 0], [sign * a, m + t], depth, 2.0, sb2)[1], 0)),
+        ])
+    assert np.isfinite(got).all()
+    tol = 4 * np.finfo(np.float64).eps / (m / a)
+    assert np.abs(got - ref).max() <= tol * np.abs(ref).max(), (got, ref)
+
+
+def test_fc_gradient_finite_at_identical_inputs(backend, rng):
+    """K(X, X) with identical rows: the angle is exactly 0 on the diagonal whatever the
+    BLAS (the variances are the diagonal of the same product), and the gradient is
+    finite and equals the other backend's (checked by the value against the closed form
+    Theta(x, x) = K0 (1 + sw2/2 + ...) for depth 1, sb2 = 0: Theta = sw2 K0)."""
+    x = rng.standard_normal((3, 7))
+    k = fc(backend, depth=1, sw2=2.0, sb2=0.0)
+    xs = backend.asarray(x, "float64")
+    ntk = backend.to_numpy(k(xs, xs))
+    k0 = 2.0 * np.einsum("ij,ij->i", x, x) / 7
+    np.testing.assert_allclose(np.diag(ntk), 2.0 * k0, rtol=1e-14)
+    _, grads = backend.value_and_grad(lambda p: backend.xp.sum(k(p["x"], p["x"])))({"x": xs})
+    assert np.isfinite(backend.to_numpy(grads["x"])).all()
 
 
 def test_arccos_kernel_monte_carlo(backend, rng):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -38,20 +39,29 @@ _IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped if it starts with the gzip magic."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == _GZIP_MAGIC:
-            raw = gzip.decompress(raw)
-    except FileNotFoundError as exc:
-        raise DataFileError(f"{path}: no such IDX file") from exc
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise DataFileError(f"{path}: cannot read/decompress IDX file: {exc}") from exc
-    return raw
+#: Without known shapes, a gzip'ed IDX file may expand to at most this many times its
+#: size (real MNIST files expand about 5x; deflate's physical limit is about 1032x).
+MAX_GZIP_RATIO = 256
+#: The largest shapes of each canonical file (the official split sizes).
+KNOWN_MAX_SHAPES = {
+    TRAIN_IMAGES: (60000, 28, 28), TRAIN_LABELS: (60000,),
+    TEST_IMAGES: (10000, 28, 28), TEST_LABELS: (10000,),
+}
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def _read_exact(stream, n: int) -> bytes:
+    """Up to ``n`` bytes from ``stream`` (fewer only at the end of the stream)."""
+    parts, got = [], 0
+    while got < n:
+        chunk = stream.read(min(n - got, 1 << 24))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_idx(path: str | os.PathLike, max_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read one IDX file (gzip-compressed or plain; detected from the content).
 
     The header is two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16,
@@ -59,15 +69,40 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dimension as a big-endian uint32. The payload must hold exactly the product of the
     dimensions in items.
 
+    The header is checked before anything is allocated or decompressed beyond it: the
+    declared shape must fit ``max_shape`` (same rank, each dimension at most the
+    bound), a plain file must be as long as declared, and a gzip'ed file is
+    decompressed only up to the declared size plus one byte (without ``max_shape``,
+    the declared size may be at most :data:`MAX_GZIP_RATIO` times the file's size).
+
+    Args:
+        max_shape: the largest shape this file may declare, e.g. ``(60000, 28, 28)``.
     Returns:
         A writable array of that shape, in native byte order (uint8 for MNIST files).
 
     Raises:
-        DataFileError: the file is missing, not valid gzip, truncated, too long or has a
-            bad magic number / type / dimension count; the message names the file.
+        DataFileError: the file is missing, not valid gzip, truncated, too long, has a
+            bad magic number / type / dimension count, or declares a shape larger than
+            ``max_shape`` or than its size can hold; the message names the file.
     """
     path = Path(path)
-    raw = _read_bytes(path)
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == _GZIP_MAGIC
+            fh.seek(0)
+            size = os.fstat(fh.fileno()).st_size
+            stream = gzip.GzipFile(fileobj=fh, mode="rb") if gz else fh
+            return _parse_idx(path, stream, gz, size, max_shape)
+    except DataFileError:  # a FileNotFoundError subclass: pass it on unchanged
+        raise
+    except FileNotFoundError as exc:
+        raise DataFileError(f"{path}: no such IDX file") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DataFileError(f"{path}: cannot read/decompress IDX file: {exc}") from exc
+
+
+def _parse_idx(path: Path, stream, gz: bool, size: int, max_shape) -> np.ndarray:
+    raw = _read_exact(stream, 4)
     if len(raw) < 4:
         raise DataFileError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
@@ -79,28 +114,51 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if ndim == 0:
         raise DataFileError(f"{path}: IDX header declares 0 dimensions")
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataFileError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "has trailing bytes"
+    dims = _read_exact(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataFileError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, need {header})")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    if max_shape is not None:
+        if len(shape) != len(max_shape):
+            raise DataFileError(f"{path}: IDX header declares a {len(shape)}-D shape {shape}, expected "
+                                f"{len(max_shape)}-D (at most {tuple(max_shape)})")
+        if any(d > m for d, m in zip(shape, max_shape)):
+            raise DataFileError(
+                f"{path}: IDX header declares shape {shape}, larger than this file can be: at most "
+                f"{tuple(max_shape)} (the dataset's known size); refusing to allocate it"
+            )
+    payload = math.prod(shape) * dtype.itemsize
+    expected = header + payload
+    if not gz and size != expected:
+        kind = "truncated" if size < expected else "has trailing bytes"
         raise DataFileError(
-            f"{path}: IDX file {kind}: {len(raw)} bytes, expected {expected} for shape "
+            f"{path}: IDX file {kind}: {size} bytes, expected {expected} for shape {shape} of {dtype.name}"
+        )
+    if gz and max_shape is None and expected > MAX_GZIP_RATIO * size + 4096:
+        raise DataFileError(
+            f"{path}: IDX header declares shape {shape} ({expected} bytes) in a {size}-byte gzip file, "
+            f"more than {MAX_GZIP_RATIO}x (a decompression bomb?); refusing to allocate it"
+        )
+    data = _read_exact(stream, payload)
+    extra = stream.read(1)
+    if len(data) != payload or extra:
+        kind = "truncated" if len(data) < payload else "has trailing bytes"
+        got = f"{header + len(data)}" if len(data) < payload else f"more than {expected}"
+        raise DataFileError(
+            f"{path}: IDX file {kind}: {got} bytes, expected {expected} for shape "
             f"{shape} of {dtype.name}"
         )
-    data = np.frombuffer(raw, dtype, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="), copy=True)
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=True)
 
 
 def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 ``[N, H, W, 1]`` and labels int64 ``[N]`` (0..9) of one split."""
-    x = read_idx(images_path)
+    x = read_idx(images_path, KNOWN_MAX_SHAPES.get(images_path.name))
     if x.ndim != 3 or x.dtype != np.uint8:
         raise DataFileError(
             f"{images_path}: expected uint8 images [N, H, W], got {x.dtype} {x.shape}"
         )
-    y = read_idx(labels_path)
+    y = read_idx(labels_path, KNOWN_MAX_SHAPES.get(labels_path.name))
     if y.ndim != 1 or y.dtype != np.uint8:
         raise DataFileError(f"{labels_path}: expected uint8 labels [N], got {y.dtype} {y.shape}")
     check_labels(y, 10, str(labels_path), count=x.shape[0], error=DataFileError)
@@ -119,11 +177,13 @@ def load_mnist(data_dir: str | os.PathLike | None) -> Dataset:
 
     Returns:
         Dataset ``"mnist"``: x uint8 ``[60000, 28, 28, 1]`` / ``[10000, 28, 28, 1]``,
-        y int64 in 0..9, class names "0".."9".
+        y int64 in 0..9, class names "0".."9". Smaller files (fewer or smaller
+        images) are accepted.
 
     Raises:
         DataFileError: ``data_dir`` is None, a file is missing (all expected names are
-            listed) or malformed.
+            listed) or malformed, or a header declares more than the official split
+            (60000 / 10000 images of 28x28), checked before anything is allocated.
     """
     return _load_idx_dataset(data_dir, "mnist", MNIST_NAMES, MNIST_SOURCE)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -13,6 +14,29 @@ from kdistill.datasets.base import Dataset, resolve_dir
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 SVHN_NAMES = tuple(str(d) for d in range(10))
 SVHN_SOURCE = "http://ufldl.stanford.edu/housenumbers/ (format 2: cropped digits)"
+#: The official number of images in each file: the most a file may declare.
+KNOWN_MAX_IMAGES = {"train_32x32.mat": 73257, "test_32x32.mat": 26032}
+
+
+def _check_declared(path: Path, scipy_io) -> None:
+    """Read the variables' declared shapes (headers only, no data) and refuse, before
+    anything is allocated, an ``X`` larger than the official split or a ``y`` that
+    does not match it (a compressed .mat variable can expand ~1000x)."""
+    try:
+        declared = {name: (tuple(shape), cls) for name, shape, cls in scipy_io.whosmat(path)}
+    except Exception as exc:  # scipy raises many types on corrupt input
+        raise DataFileError(f"{path}: cannot read MATLAB file: {exc!r}") from exc
+    limit = KNOWN_MAX_IMAGES.get(path.name, max(KNOWN_MAX_IMAGES.values()))
+    x_shape, _ = declared.get("X", ((), ""))
+    if "X" in declared and (len(x_shape) != 4 or x_shape[:3] != (32, 32, 3) or x_shape[3] > limit):
+        raise DataFileError(
+            f"{path}: 'X' declares shape {x_shape}; SVHN images are [32, 32, 3, N] with N at most "
+            f"{limit} in this file; refusing to allocate it"
+        )
+    y_shape, _ = declared.get("y", ((), ""))
+    if "y" in declared and math.prod(y_shape) > limit:
+        raise DataFileError(f"{path}: 'y' declares shape {y_shape}, more than the {limit} labels this "
+                            "file can hold; refusing to allocate it")
 
 
 def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -23,8 +47,9 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise KdistillError(
             "reading SVHN .mat files needs scipy: pip install scipy"
         ) from exc
+    _check_declared(path, scipy.io)
     try:
-        mat = scipy.io.loadmat(path)
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as exc:  # scipy raises many types on corrupt input
         raise DataFileError(f"{path}: cannot read MATLAB file: {exc!r}") from exc
     missing = [k for k in ("X", "y") if k not in mat]
@@ -55,7 +80,8 @@ def load_svhn(data_dir: str | os.PathLike | None) -> Dataset:
 
     Raises:
         DataFileError: ``data_dir`` is None, a file is missing (all expected names are
-            listed) or malformed.
+            listed) or malformed, or declares more images than the official split
+            (73257 train / 26032 test; checked from the headers before loading).
         KdistillError: scipy is not installed.
     """
     root = resolve_dir(data_dir, "svhn", SVHN_FILES, source=SVHN_SOURCE)

@@ -478,7 +478,7 @@ def test_real_process_survives_sys_exit_plugin(site, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kdistill.cli", "distill", *FAST, "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "PluginWarning: kdistill plugin 'exit-pkg:plug' (exit-pkg 0.9) skipped" in proc.stderr
+    assert "kdistill:0: PluginWarning: kdistill plugin 'exit-pkg:plug' (exit-pkg 0.9) skipped" in proc.stderr
     assert (tmp_path / "run" / "distilled.npz").is_file()
 
 

@@ -264,7 +264,9 @@ class Registry:
             text = problem.message()
             if text not in self._warned:
                 self._warned.add(text)
-                warnings.warn(text, PluginWarning, stacklevel=3)
+                # no source location: the problem is in the plugin, not in the caller's code
+                warnings.warn_explicit(text, PluginWarning, filename="kdistill", lineno=0,
+                                       module="kdistill.core.registry")
 
     def _add(self, reg: Registration) -> PluginProblem | None:
         what = f"{SINGULAR[reg.kind]} {reg.name!r}"

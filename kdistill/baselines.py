@@ -148,7 +148,7 @@ def make_baseline(kind: str, data, ipc: int, seed: int, config: dict[str, Any],
 
 
 def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
-                  overrides: dict[str, Any] | list[str] | None = None) -> dict[str, Any]:
+                  overrides: dict[str, Any] | list[str] | None = None, check_data: bool = True) -> dict[str, Any]:
     """Baselines matching a distilled artifact: same dataset, transform and size per class.
 
     Args:
@@ -156,15 +156,20 @@ def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
             multiple of the number of classes.
         seed: baseline seed (default: the artifact's seed).
         data: PreparedData in the artifact's space (default: loaded with its transform).
+        check_data: refuse (default) or only warn about loaded data that differ from
+            those the artifact was distilled from
+            (:func:`kdistill.core.evaluate.prepare_with_transform`).
     Returns:
         ``{kind: DistilledSet}``.
+    Raises:
+        DataError: see :func:`kdistill.core.evaluate.prepare_with_transform`.
     """
     from kdistill.core.config import DistillConfig
     from kdistill.core.evaluate import prepare_with_transform
 
     config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
     if data is None:
-        data = prepare_with_transform(config, artifact)
+        data = prepare_with_transform(config, artifact, check_data=check_data)
     n = len(artifact.images)
     if n % data.num_classes:
         raise DataError(f"the artifact has {n} images, not a multiple of {data.num_classes} classes")

@@ -133,6 +133,7 @@ def prepare_data(
         loader returned) is not a :class:`kdistill.datasets.Dataset`, NaN/Inf values,
         an empty test split, or a class with fewer than ``ipc`` training examples.
     """
+    from kdistill.core.datacheck import dataset_fingerprint
     from kdistill.datasets.base import Dataset
 
     ds = dataset if dataset is not None else load_dataset(config, registry)
@@ -170,5 +171,7 @@ def prepare_data(
             "image_shape": list(ds.x_train.shape[1:]),
             "n_train": int(len(ds.x_train)),
             "n_test": int(len(ds.x_test)),
+            # evaluation compares it, so an artifact is never scored on other data
+            "fingerprint": dataset_fingerprint(ds),
         },
     )

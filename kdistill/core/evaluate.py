@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import attrs
@@ -9,16 +10,30 @@ import attrs
 from kdistill.core.artifact import DistilledSet
 from kdistill.core.components import PreparedData, build_components, load_dataset, prepare_data
 from kdistill.core.config import DistillConfig
+from kdistill.core.datacheck import data_differences
 from kdistill.core.errors import DataError
 from kdistill.core.kip import evaluate_support, random_baseline
 
 
-def prepare_with_transform(config: DistillConfig, artifact: DistilledSet) -> PreparedData:
+class DataMismatchWarning(UserWarning):
+    """An artifact is evaluated on data other than those it was distilled from
+    (``check_data=False`` / ``--allow-data-mismatch``)."""
+
+
+def prepare_with_transform(config: DistillConfig, artifact: DistilledSet, check_data: bool = True) -> PreparedData:
     """Load the artifact's dataset and apply the artifact's own (stored) transform.
 
+    The loaded data are compared with what the artifact recorded at distillation
+    (:func:`kdistill.core.datacheck.data_differences`: split sizes, image shape, and,
+    for artifacts that have it, a fingerprint of every image and label).
+
+    Args:
+        check_data: True (default) refuses data that differ; False evaluates anyway
+            and issues a :class:`DataMismatchWarning` naming the differences.
     Raises:
         DataError: the dataset's image shape or number of classes differs from the
-            artifact's.
+            artifact's; or, with ``check_data``, the data differ from those the
+            artifact was distilled from (the message lists how, and how to override).
     """
     ds = load_dataset(config)
     if list(ds.x_train.shape[1:]) != list(artifact.images.shape[1:]):
@@ -31,11 +46,24 @@ def prepare_with_transform(config: DistillConfig, artifact: DistilledSet) -> Pre
             f"dataset {ds.name!r} has {ds.num_classes} classes but the artifact's labels have "
             f"{artifact.labels.shape[1]} columns; pass the dataset it was distilled from"
         )
-    return prepare_data(config, ds, transform=artifact.transform)
+    data = prepare_data(config, ds, transform=artifact.transform)
+    diffs = data_differences(artifact.dataset or {}, data.info)
+    if diffs:
+        where = f" from {config.data_dir!r}" if config.data_dir else ""
+        what = (f"the {ds.name!r} data loaded{where} differ from the data this artifact was distilled from: "
+                + "; ".join(diffs))
+        if check_data:
+            raise DataError(
+                what + ". A score on other data is not this artifact's accuracy: point --data-dir (data_dir) at "
+                "the original files, or pass --allow-data-mismatch (CLI) / check_data=False (API) to evaluate "
+                "on these data anyway")
+        warnings.warn(what + " (evaluating anyway: check_data=False)", DataMismatchWarning, stacklevel=2)
+    return data
 
 
 def evaluate_artifact(
-    artifact: DistilledSet, overrides: dict[str, Any] | list[str] | None = None, progress=None
+    artifact: DistilledSet, overrides: dict[str, Any] | list[str] | None = None, progress=None,
+    check_data: bool = True,
 ) -> dict[str, Any]:
     """KRR accuracy of ``artifact`` on the test set (the first ``test_size`` examples when
     that config field is set, e.g. ``overrides=["test_size=1000"]``), and of a random
@@ -48,12 +76,18 @@ def evaluate_artifact(
         progress: optional callable ``progress(rows_done)``, called after every block of
             test rows of both passes (distilled set, then the random subset: ``2 * n_test``
             rows in all).
+        check_data: refuse (True, default) or only warn about (False) data that differ
+            from those the artifact was distilled from (see :func:`prepare_with_transform`).
     Returns:
         ``{"distilled_acc", "random_acc", "eval_kernel", "n_support", "n_test"}``.
+    Raises:
+        DataError: see :func:`prepare_with_transform`; ConfigError and the errors of
+            :func:`kdistill.core.krr.krr_predict` (e.g. NumericalError for a degenerate
+            kernel).
     """
     config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
     comps = build_components(config)
-    data = prepare_with_transform(config, artifact)
+    data = prepare_with_transform(config, artifact, check_data=check_data)
     ipc = len(artifact.images) // data.num_classes
     config = attrs.evolve(config, ipc=max(ipc, 1))
     acc = evaluate_support(comps, config, data, artifact.images, artifact.labels, limit=config.test_size,

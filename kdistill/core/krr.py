@@ -84,6 +84,117 @@ def _check_finite(values: np.ndarray, what: str, ridge: float, dtype: str) -> np
     return values
 
 
+#: Support examples whose kernel matrix :func:`check_kernel_matrix` inspects.
+DEGENERACY_SAMPLE = 64
+#: A kernel matrix is "constant" when max - min <= this many epsilons of the kernel
+#: dtype times max |K|: the differences between pairs are rounding noise, so K is
+#: numerically ``c * 1 1^T`` (rank 1) and every target gets the same prediction.
+CONSTANT_EPS = 16
+
+
+def _describe_kernel(kernel) -> str:
+    try:
+        params = ", ".join(f"{k}={v!r}" for k, v in kernel.get_params().items())
+    except Exception:  # a third-party kernel without attrs fields
+        params = ""
+    return f"{type(kernel).__name__}({params})"
+
+
+def kernel_degeneracy(k: np.ndarray, dtype: str) -> str | None:
+    """Whether a (support) kernel matrix ``k [m, m]`` computed in ``dtype`` is numerically
+    degenerate, and how.
+
+    With ``eps`` and ``tiny`` the machine epsilon and smallest normal number of
+    ``dtype``, and ``m >= 2``:
+
+    - ``"constant"``: ``max(K) - min(K) <= CONSTANT_EPS * eps * max|K|`` (this includes
+      an all-zero K): the pairs differ by rounding noise only, K is rank 1 and KRR
+      predicts the same label vector for every target;
+    - ``"diagonal"``: every off-diagonal ``|K_ij| <= tiny * max(diag)``: the kernel of
+      every pair of distinct examples underflowed to zero, so it says nothing about
+      any example but itself and predictions on new targets are zero (ties).
+
+    Off-diagonals that are small but representable (e.g. ``1e-20`` against a diagonal
+    of 1) are not degenerate: their ratios still rank the neighbours.
+
+    Returns:
+        ``"constant"``, ``"diagonal"`` or None.
+    """
+    k = np.asarray(k, np.float64)
+    m = k.shape[0]
+    if m < 2 or not np.isfinite(k).all():
+        return None  # too small to tell; non-finite values are reported elsewhere
+    info = np.finfo(np.dtype(dtype))
+    scale = float(np.abs(k).max())
+    if float(k.max() - k.min()) <= CONSTANT_EPS * float(info.eps) * scale:
+        return "constant"
+    diag = np.diagonal(k)
+    off = np.abs(k[~np.eye(m, dtype=bool)])
+    if float(diag.max()) > 0 and float(off.max()) <= float(info.tiny) * float(diag.max()):
+        return "diagonal"
+    return None
+
+
+def check_kernel_matrix(kernel, x_s: np.ndarray, dtype: str) -> None:
+    """Refuse a kernel that is numerically degenerate on the support set.
+
+    Computes the kernel on up to :data:`DEGENERACY_SAMPLE` evenly spaced support
+    examples (cheap next to the predictions) and applies :func:`kernel_degeneracy`.
+
+    Raises:
+        NumericalError: naming how K is degenerate and the kernel parameter to change
+            (the kernel's ``degeneracy_hint(kind)`` where it has one, e.g. RBF's
+            ``gamma``; otherwise its parameters are listed).
+    """
+    b = kernel.b
+    idx = np.unique(np.linspace(0, len(x_s) - 1, min(len(x_s), DEGENERACY_SAMPLE)).round().astype(np.int64))
+    if len(idx) < 2:
+        return
+    xs = b.asarray(x_s[idx], dtype)
+    kind = kernel_degeneracy(b.to_numpy(b.cast(kernel(xs, xs), "float64")), dtype)
+    if kind is None:
+        return
+    what = {
+        "constant": "every entry of the support kernel matrix K_ss is the same value up to "
+                    f"{dtype} rounding (K is numerically rank 1), so KRR would give every target the same "
+                    "prediction",
+        "diagonal": "the kernel between every two distinct support examples underflowed to 0 in "
+                    f"{dtype} (K_ss is numerically diagonal), so KRR would predict 0 for every new target",
+    }[kind]
+    hint_fn = getattr(kernel, "degeneracy_hint", None)
+    hint = hint_fn(kind) if callable(hint_fn) else (
+        "change the kernel's parameters (or rescale the inputs)"
+        + ("; if the support examples are identical, the set itself is degenerate" if kind == "constant" else ""))
+    raise NumericalError(f"degenerate kernel {_describe_kernel(kernel)}: {what}; {hint}")
+
+
+#: Largest fraction of targets whose predictions may tie across all classes.
+MAX_TIED_FRACTION = 0.01
+
+
+def _check_ties(pred: np.ndarray, kernel, y_s: np.ndarray) -> None:
+    """Refuse predictions that tie across every class for more than
+    :data:`MAX_TIED_FRACTION` of the targets: their argmax is an arbitrary tie-break
+    (class 0), so an accuracy would be wrong. Real-valued predictions never tie
+    exactly unless the kernel of a target with every support example is 0 (underflow)
+    or the support labels are all 0."""
+    if pred.shape[1] < 2 or not len(pred):
+        return
+    tied = int(np.count_nonzero(pred.max(axis=1) == pred.min(axis=1)))
+    if tied <= MAX_TIED_FRACTION * len(pred):
+        return
+    share = f"{tied} of {len(pred)} targets ({100 * tied / len(pred):.0f}%)"
+    if not np.any(y_s):
+        raise DataError(f"the support labels are all 0, so the KRR predictions of {share} tie across every "
+                        "class; give labels that encode the classes (e.g. centered one-hot)")
+    hint_fn = getattr(kernel, "degeneracy_hint", None)
+    hint = hint_fn("diagonal") if callable(hint_fn) else "change the kernel's parameters (or rescale the inputs)"
+    raise NumericalError(
+        f"degenerate kernel {_describe_kernel(kernel)}: for {share} the kernel with every support example is 0 "
+        f"(underflow), so their predictions tie across all classes and an accuracy would count arbitrary "
+        f"tie-breaks; {hint}")
+
+
 def iter_blocks(n: int, block_size: int = BLOCK_SIZE) -> Iterator[slice]:
     """Consecutive slices covering ``range(n)``, each at most ``block_size`` long."""
     for start in range(0, n, block_size):
@@ -116,11 +227,12 @@ def krr_predict(
             shapes (``y_s`` rows vs ``x_s``, ``x_t`` example shape vs ``x_s``).
         ConfigError: negative/NaN ridge, unknown dtype, bad block_size.
         IncompatibleComponentsError: kernel and solver on different backends.
-        NotPositiveDefiniteError, NumericalError: unsolvable system or NaN/Inf
-            predictions.
+        NotPositiveDefiniteError, NumericalError: unsolvable system, NaN/Inf
+            predictions, or a numerically degenerate kernel (:func:`check_kernel_matrix`).
     """
     x_s, y_s = _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size)
     x_t = _check_targets(x_t, x_s)
+    check_kernel_matrix(kernel, x_s, dtype)
     b = solver.b
     hint = kernel.rows_per_block(len(x_s), tuple(x_s.shape[1:]))
     if hint:  # slow kernels (e.g. convnet) ask for smaller blocks: progress per block
@@ -131,6 +243,7 @@ def krr_predict(
         out[sl] = _check_finite(b.to_numpy(predictor(b.asarray(x_t[sl], dtype))), "KRR predictions", ridge, dtype)
         if progress is not None:
             progress(sl.stop - sl.start)
+    _check_ties(out, kernel, y_s)
     return out
 
 
@@ -180,7 +293,8 @@ def label_solve(
     Raises:
         DataError: as :func:`krr_predict`, and ``y_t`` not ``[n_t, C]`` with ``n_t``
             matching ``x_t``. ConfigError: also ``label_ridge`` <= 0.
-        NotPositiveDefiniteError, NumericalError: singular systems, NaN/Inf labels.
+        NotPositiveDefiniteError, NumericalError: singular systems, NaN/Inf labels,
+            a numerically degenerate kernel (:func:`check_kernel_matrix`).
     """
     x_s, _ = _check_support(kernel, solver, x_s, None, ridge, dtype, block_size)
     x_t = _check_targets(x_t, x_s)
@@ -193,6 +307,7 @@ def label_solve(
         np.isfinite(label_ridge) and label_ridge > 0
     ):
         raise ConfigError(f"label_ridge must be a finite number > 0, got {label_ridge!r}")
+    check_kernel_matrix(kernel, x_s, dtype)
     b = solver.b
     xp = b.xp
     xs = b.asarray(x_s, dtype)

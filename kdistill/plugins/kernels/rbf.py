@@ -33,3 +33,14 @@ class RBFKernel(Kernel):
         x1 = xp.reshape(x1, (x1.shape[0], -1))
         x2 = xp.reshape(x2, (x2.shape[0], -1))
         return xp.exp(-self.gamma * squared_distances(xp, x1, x2) / x1.shape[1])
+
+    def degeneracy_hint(self, kind: str) -> str:
+        """What to change when the kernel matrix is degenerate (see
+        :func:`kdistill.core.krr.kernel_degeneracy`)."""
+        if kind == "constant":
+            return (f"gamma={self.gamma:g} is too small: exp(-gamma * ||x - x'||^2 / d) rounds to the same value "
+                    "for every pair; raise gamma (about 0.1 to 10 suits standardized inputs; "
+                    "`kdistill evaluate` takes -s eval_kernel.gamma=1)")
+        return (f"gamma={self.gamma:g} is too large: exp(-gamma * ||x - x'||^2 / d) underflows to 0 between "
+                "distinct examples; lower gamma (about 0.1 to 10 suits standardized inputs; "
+                "`kdistill evaluate` takes -s eval_kernel.gamma=1)")

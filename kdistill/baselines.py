@@ -29,11 +29,31 @@ from kdistill.core.sampling import balanced_subset, centered_one_hot, class_indi
 BASELINES = ("random", "kmeans", "herding")
 
 
+#: the largest seed every baseline accepts (scikit-learn's ``random_state`` for k-means)
+MAX_SEED = 2**32 - 1
+
+
+def _show(value) -> str:
+    """``value`` for a message: numpy scalars as the plain numbers users wrote."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def check_seed(seed) -> int:
+    """The baseline seed as an int.
+
+    Raises:
+        ConfigError: not an integer in ``[0, 2**32 - 1]``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED}, got {_show(seed)}")
+    return int(seed)
+
+
 def _check(x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int) -> None:
     if x.ndim < 2 or len(x) != len(y):
         raise DataError(f"images {x.shape} and labels {y.shape} disagree")
     if isinstance(ipc, bool) or not isinstance(ipc, (int, np.integer)) or ipc < 1:
-        raise ConfigError(f"ipc must be an integer >= 1, got {ipc!r}")
+        raise ConfigError(f"ipc must be an integer >= 1, got {_show(ipc)}")
     for c, idx in enumerate(class_indices(y, num_classes)):
         if len(idx) < ipc:
             raise DataError(f"class {c} has only {len(idx)} training examples, fewer than ipc={ipc}")
@@ -117,12 +137,14 @@ def make_baseline(kind: str, data, ipc: int, seed: int, config: dict[str, Any],
             loads the same dataset); ``ipc``, ``steps=0``, ``learn_labels=false`` and
             ``seed`` are set.
     Raises:
-        ConfigError: unknown kind or bad ipc. DataError: a class with fewer than ipc images.
+        ConfigError: unknown kind, bad ipc, or a seed not in ``[0, 2**32 - 1]``.
+        DataError: a class with fewer than ipc images.
     """
     from kdistill.core.artifact import DistilledSet
 
     if kind not in BASELINES:
         raise ConfigError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+    seed = check_seed(seed)
     _check(data.x_train, data.y_train, data.num_classes, ipc)
     start = time.perf_counter()
     if kind == "kmeans":
@@ -162,11 +184,14 @@ def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
     Returns:
         ``{kind: DistilledSet}``.
     Raises:
+        ConfigError: ``seed`` is not an integer in ``[0, 2**32 - 1]`` (checked first).
         DataError: see :func:`kdistill.core.evaluate.prepare_with_transform`.
     """
     from kdistill.core.config import DistillConfig
     from kdistill.core.evaluate import prepare_with_transform
 
+    if seed is not None:
+        seed = check_seed(seed)  # before the data is loaded
     config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
     if data is None:
         data = prepare_with_transform(config, artifact, check_data=check_data)

@@ -23,12 +23,15 @@ Overrides use dotted keys with TOML values: ``ipc=1``, ``kernel.depth=2``,
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from kdistill.core.errors import ConfigError
 
@@ -36,6 +39,8 @@ PREPROCESS = ("standardize", "none", "zca")
 INITS = ("real", "noise")
 METHODS = ("kip", "label-solve")
 DTYPES = ("float32", "float64")
+#: DistillConfig fields that hold a component (a name plus its parameters)
+_COMPONENT_FIELDS = ("kernel", "solver", "loss", "eval_kernel", "valid_kernel")
 
 
 @attrs.define(kw_only=True)
@@ -81,11 +86,101 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars turned into Python ones (``np.int64(2)`` -> ``2``), so
+    that messages show numbers as users wrote them."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _plain_fields(cls, fields):
+    """attrs field transformer: every field first turns numpy scalars into Python ones
+    (an ``ipc`` of ``np.int64(2)`` is 2, and an error says "got 2")."""
+    out = []
+    for f in fields:
+        conv = plain if f.converter is None else attrs.converters.pipe(plain, f.converter)
+        out.append(f.evolve(converter=conv))
+    return out
+
+
+# Linux limits (limits.h); os.pathconf gives the ones of the filesystem when it can
+_NAME_MAX, _PATH_MAX = 255, 4096
+
+
+def _limits(path: str) -> tuple[int, int]:
+    probe = Path(path).absolute()
+    while True:  # the nearest existing ancestor decides the filesystem
+        try:
+            if probe.exists():
+                break
+        except OSError:
+            pass
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return _NAME_MAX, _PATH_MAX
+
+
+def short_path(path: str | os.PathLike, keep: int = 200) -> str:
+    """``path`` quoted, its middle elided when longer than ``keep`` characters."""
+    text = os.fspath(path)
+    if len(text) > keep:
+        return f"{text[: keep // 2] + '...' + text[-keep // 2:]!r} ({len(text)} characters)"
+    return repr(text)
+
+
+def check_path_length(path: str | os.PathLike, what: str, directory: bool = False) -> None:
+    """Refuse a path the operating system would reject as too long (``ENAMETOOLONG``).
+
+    Args:
+        what: how the message names it (``--out``, ``data_dir``, ``config file``).
+        directory: the path is a directory whose files are opened too, so it must leave
+            room for one more file name.
+    Raises:
+        ConfigError: a path component is longer than the filesystem's name limit
+            (usually 255 bytes), or the whole path longer than its path limit (4096).
+    """
+    text = os.fspath(path)
+    name_max, path_max = _limits(text)
+    for part in Path(text).parts:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            raise ConfigError(
+                f"{what} {short_path(text)} has a name of {n} bytes ({short_path(part, 40)}); file and "
+                f"directory names may have at most {name_max} bytes here: use a shorter path"
+            )
+    limit = path_max - 1 - (name_max + 1 if directory else 0)
+    n = len(os.fsencode(os.path.abspath(text)))
+    if n > limit:
+        raise ConfigError(
+            f"{what} {short_path(text)} is {n} bytes long as an absolute path; at most {limit} bytes "
+            f"fit here{' (room is left for the file names inside it)' if directory else ''}: use a shorter path"
+        )
+
+
+def path_error_message(exc: OSError, path: str | os.PathLike, action: str) -> str:
+    """``"cannot <action> '<path>': <reason> (errno N)"`` for an OSError, with advice for
+    the usual causes (too long a name, read-only, not a directory, no space)."""
+    advice = {
+        errno.ENAMETOOLONG: "use a shorter path",
+        errno.EROFS: "the filesystem is read-only: choose a writable location",
+        errno.EACCES: "no permission: choose a location you may write to",
+        errno.EPERM: "no permission: choose a location you may write to",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.ENOSPC: "the disk is full: free space or choose another location",
+        errno.EDQUOT: "the disk quota is exhausted: free space or choose another location",
+    }.get(exc.errno, "check the path")
+    reason = exc.strerror or str(exc)
+    return f"cannot {action} {short_path(path)}: {reason} (errno {exc.errno}); {advice}"
+
+
 def _int_at_least(lo: int):
     def validate(inst, attr, value):
         _check(
             isinstance(value, int) and not isinstance(value, bool) and value >= lo,
-            f"{attr.name} must be an integer >= {lo}, got {value!r}",
+            f"{attr.name} must be an integer >= {lo}, got {plain(value)!r}",
         )
 
     return validate
@@ -103,14 +198,14 @@ def _int_to_float(value):
 def _positive_float(inst, attr, value):
     _check(
         _is_number(value) and value > 0,
-        f"{attr.name} must be a finite number > 0, got {value!r}",
+        f"{attr.name} must be a finite number > 0, got {plain(value)!r}",
     )
 
 
 def _nonneg_float(inst, attr, value):
     _check(
         _is_number(value) and value >= 0,
-        f"{attr.name} must be a finite number >= 0, got {value!r}",
+        f"{attr.name} must be a finite number >= 0, got {plain(value)!r}",
     )
 
 
@@ -126,6 +221,12 @@ def _optional_str(inst, attr, value):
     _check(value is None or isinstance(value, str), f"{attr.name} must be a string (a path), got {value!r}")
 
 
+def _optional_dir_path(inst, attr, value):
+    _optional_str(inst, attr, value)
+    if value:
+        check_path_length(value, attr.name, directory=True)
+
+
 def _one_of(options):
     def validate(inst, attr, value):
         _check(value in options, f"{attr.name} must be one of {', '.join(options)}; got {value!r}")
@@ -133,7 +234,7 @@ def _one_of(options):
     return validate
 
 
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, field_transformer=_plain_fields)
 class DistillConfig:
     """Everything that defines a KIP / Label Solve run.
 
@@ -190,7 +291,7 @@ class DistillConfig:
 
     method: str = attrs.field(default="kip", validator=_one_of(METHODS))
     dataset: str = attrs.field(default="digits", validator=_name)
-    data_dir: str | None = attrs.field(default=None, validator=_optional_str)
+    data_dir: str | None = attrs.field(default=None, validator=_optional_dir_path)
     preprocess: str = attrs.field(default="standardize", validator=_one_of(PREPROCESS))
     backend: str = attrs.field(default="jax", validator=_name)
     kernel: ComponentSpec = _spec("fc", kind="ntk", depth=1)
@@ -258,30 +359,91 @@ class DistillConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "DistillConfig":
-        """Load a TOML file. Raises ConfigError if missing or malformed."""
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        return cls.from_toml(p.read_text())
+        """Load a UTF-8 TOML file.
 
-    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> "DistillConfig":
-        """A new config with ``{"kernel.depth": 2}`` or ``["kernel.depth=2"]`` applied."""
+        Raises:
+            ConfigError: the file is missing or unreadable, its path too long, its bytes
+                not UTF-8, its TOML malformed or its values invalid.
+        """
+        p = Path(path)
+        check_path_length(p, "config file")
+        try:
+            if not p.is_file():
+                raise ConfigError(f"config file {short_path(p)} does not exist")
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(path_error_message(exc, p, "read config file")) from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {short_path(p)} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                f"{exc.start}); TOML files are UTF-8: re-save it as UTF-8"
+            ) from exc
+        return cls.from_toml(text)
+
+    def with_overrides(
+        self, overrides: dict[str, Any] | list[str], notices: list[str] | None = None
+    ) -> "DistillConfig":
+        """A new config with ``{"kernel.depth": 2}`` or ``["kernel.depth=2"]`` applied.
+
+        A component given by name (``{"kernel": "fc"}``, ``kernel.name=fc``, the CLI's
+        ``--kernel fc``) keeps this config's parameters when it names the component the
+        config already has, and starts from that component's own defaults when it names
+        another one; a table (``{"kernel": {"name": "fc", "depth": 2}}``) replaces the
+        component as given.
+
+        Args:
+            notices: if given, a sentence is appended for every component whose
+                configured parameters a new name dropped (the CLI prints them).
+        Raises:
+            ConfigError: unknown keys, invalid values, or a dotted key into a field that
+                is not a component.
+        """
         if isinstance(overrides, (list, tuple)):
             overrides = dict(parse_override(o) for o in overrides)
         data = self.to_dict()
+
+        def inherited(head: str) -> dict | None:  # what an unset eval/valid kernel means
+            if head == "eval_kernel":
+                return data["kernel"]
+            if head == "valid_kernel":
+                return data.get("eval_kernel", data["kernel"])
+            return None
+
+        def renamed(head: str, table: dict, name: Any, explicit: bool) -> None:
+            dropped = {k: v for k, v in table.items() if k != "name"}
+            if notices is not None and explicit and dropped:
+                settings = ", ".join(f"{k}={plain(v)!r}" for k, v in dropped.items())
+                notices.append(
+                    f"{head} {name!r} replaces the configured {head} {table.get('name')!r} and drops its "
+                    f"settings ({settings}); {name!r} starts from its own defaults (set its parameters "
+                    f"with -s {head}.PARAM=VALUE)"
+                )
+
         for key, value in overrides.items():
             head, _, sub = key.partition(".")
             if sub:
                 table = data.get(head)
-                if table is None and head in ("eval_kernel", "valid_kernel"):
-                    # starts as the kernel it defaults to
-                    base = data.get("eval_kernel", data["kernel"]) if head == "valid_kernel" else data["kernel"]
-                    table = data[head] = dict(base)
+                explicit = table is not None
+                if table is None and head in _COMPONENT_FIELDS:
+                    table = data[head] = dict(inherited(head))  # starts as the kernel it defaults to
                 if not isinstance(table, dict):
                     raise ConfigError(f"{head!r} is not a component table; cannot set {key!r}")
                 if sub == "name" and table.get("name") != value:
+                    renamed(head, table, value, explicit)
                     table.clear()  # a new component starts from its own defaults
                 table[sub] = value
+            elif key in _COMPONENT_FIELDS and isinstance(value, str) and value.strip():
+                table = data.get(key)
+                explicit = table is not None
+                current = table if explicit else inherited(key)
+                if current is not None and current.get("name") == value:
+                    data[key] = dict(current)  # the same component keeps its parameters
+                else:
+                    if current is not None:
+                        renamed(key, current, value, explicit)
+                    data[key] = {"name": value}
             else:
                 data[key] = value
         return DistillConfig.from_dict(data)

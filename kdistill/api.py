@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +44,7 @@ def distill(
     callback: Callable[[dict], None] | None = None,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> DistilledSet:
     """Distill a dataset with KIP (or Label Solve if ``method="label-solve"``).
@@ -55,18 +57,28 @@ def distill(
             loading ``config.dataset`` (``dataset`` is the config field naming it).
         callback: called after every step with ``{"step", "loss", ["eval_acc"]}``.
         run_dir: KIP run directory for ``checkpoint.npz``: written every
-            ``checkpoint_every`` steps and on SIGINT/SIGTERM (the current step finishes,
-            a checkpoint is written, RunInterrupted is raised).
+            ``checkpoint_every`` steps, after the last step (before the final
+            evaluation; removed again after it when ``checkpoint_every`` is 0) and on
+            SIGINT/SIGTERM (the current step finishes, or the final evaluation stops, and
+            RunInterrupted is raised). The directory is locked for the run (a second
+            run on it fails with RunDirectoryInUse naming the PID) and must be empty or
+            new unless ``overwrite``.
         resume: continue the run checkpointed in ``run_dir``; the final result equals
             that of an uninterrupted run bit-for-bit. Config overrides must match the
             stored config (``checkpoint_every`` may change).
+        overwrite: replace a previous run in ``run_dir`` (its files, e.g. an old
+            checkpoint or ``nn_*.json``, are removed before the first step). Files
+            kdistill did not write are never removed.
         **overrides: config fields, e.g. ``ipc=1, backend="torch", kernel="rbf"``.
     Returns:
         A :class:`DistilledSet` (``.save(path)`` writes the artifact).
     Raises:
         ConfigError, UnknownComponentError, IncompatibleComponentsError, DataError,
-        DataFileError before any work; CheckpointError when resuming is impossible or
-        a checkpoint cannot be written; NonFiniteLossError / NotPositiveDefiniteError
+        DataFileError before any work; RunDirectoryInUse when another process uses
+        ``run_dir``; RunDirectoryError when ``run_dir`` is not empty (without
+        ``overwrite``), not a writable directory or has too little free space, before
+        any work; CheckpointError when resuming is impossible or a checkpoint cannot be
+        written (or a fresh run meets an old checkpoint without ``overwrite``); NonFiniteLossError / NotPositiveDefiniteError
         when a step fails numerically beyond the automatic recoveries; RunInterrupted
         on SIGINT/SIGTERM with a ``run_dir``.
 
@@ -77,23 +89,38 @@ def distill(
         print(result.metrics["distilled_acc"], result.metrics["random_acc"])
         result.save("digits_kip.npz")
     """
+    from kdistill.core.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
+
     if resume and run_dir is None:
         raise ConfigError("resume=True needs run_dir, the directory holding checkpoint.npz")
-    if resume and config is None:
-        from kdistill.core.checkpoint import read_checkpoint
-
-        config = read_checkpoint(run_dir).config
+    if resume and overwrite:
+        raise ConfigError("resume=True continues the run in run_dir; overwrite=True would replace it: choose one")
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be callable, got {type(callback).__name__}")
-    cfg = make_config(config, **overrides)
-    check_run_config(cfg)
-    if resume and cfg.method != "kip":
-        raise ConfigError("resume applies to KIP runs only; Label Solve has no steps to resume")
-    comps = build_components(cfg)
-    prepared = prepare_data(cfg, data)
-    if cfg.method == "label-solve":
-        return run_label_solve(cfg, comps, prepared)
-    return run_kip(cfg, comps, prepared, callback, run_dir=run_dir, resume=resume)
+    with contextlib.ExitStack() as stack:
+        run = None
+        if resume:
+            run = stack.enter_context(RunDirectory(run_dir, mode="resume", what="run_dir"))
+            if config is None:
+                from kdistill.core.checkpoint import read_checkpoint
+
+                config = read_checkpoint(run_dir).config
+        cfg = make_config(config, **overrides)
+        check_run_config(cfg)
+        if resume and cfg.method != "kip":
+            raise ConfigError("resume applies to KIP runs only; Label Solve has no steps to resume")
+        comps = build_components(cfg)
+        if run_dir is not None and not resume and cfg.method == "kip":
+            run = stack.enter_context(RunDirectory(run_dir, overwrite=overwrite, what="run_dir"))
+        prepared = prepare_data(cfg, data)
+        if cfg.method == "label-solve":
+            return run_label_solve(cfg, comps, prepared)
+        if run is not None:
+            run.prepare(estimate_run_bytes(cfg, prepared, grid=False))
+        result = run_kip(cfg, comps, prepared, callback, run_dir=run_dir, resume=resume)
+        if run is not None:
+            remove_transient_checkpoint(run_dir, cfg)
+        return result
 
 
 def label_solve(

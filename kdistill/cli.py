@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 from kdistill.core.errors import KdistillError, RunInterrupted
-from kdistill.nn.commands import threads_option
+from kdistill.nn.commands import allow_data_mismatch_option, threads_option
 
 # CLI flag -> config field (None values are not overrides)
 _FLAG_FIELDS = (
@@ -56,7 +57,8 @@ def main() -> None:
 @click.option("--seed", type=int)
 @click.option("--eval-every", type=int, help="Evaluate every N steps (0: only at the end).")
 @click.option("--checkpoint-every", type=int,
-              help="Write RUN_DIR/checkpoint.npz every N steps (0, the default: only on SIGINT/SIGTERM).")
+              help="Write RUN_DIR/checkpoint.npz every N steps (0, the default: only on SIGINT/SIGTERM, "
+                   "and after the last step until the results are written).")
 @threads_option
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in RUN_DIR from its checkpoint, bit-for-bit; other flags "
@@ -65,45 +67,77 @@ def main() -> None:
               help="Override any config field, e.g. -s kernel.depth=2 -s eval_test_size=2000.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Run directory. Default: runs/<dataset>-<method>-ipc<ipc>-<time>.")
+@click.option("--overwrite", is_flag=True, default=False,
+              help="Replace the previous run in --out (its files, nn_*.json and baselines/ included); "
+                   "without it a non-empty run directory is refused.")
 @click.option("--grid/--no-grid", default=True, help="Write grid.png of the distilled images.")
 @click.option("--progress/--no-progress", default=True)
-def distill(config_path, sets, out_dir, grid, progress, resume_dir, **flags: Any) -> None:
+def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=False, **flags: Any) -> None:
     """Distill a dataset; writes distilled.npz, config.toml, metrics.json, grid.png.
 
     With no arguments: KIP with the FC1 NTK on the embedded digits data (about a
     minute), printing the distilled vs random-subset KRR accuracy.
 
-    KIP runs write RUN_DIR/checkpoint.npz every --checkpoint-every steps and on
-    SIGINT/SIGTERM (the current step finishes first; exit status 128 + signal);
-    `kdistill distill --resume RUN_DIR` continues such a run.
+    The run directory (--out) must be new or empty unless --overwrite, and is locked
+    while the command runs: a second run on it, or a --resume of it, fails naming
+    the PID of the running one. Everything about it (a writable directory, free
+    space) is checked before the first step.
+
+    KIP runs write RUN_DIR/checkpoint.npz every --checkpoint-every steps, after the
+    last step (before the final evaluation) and on SIGINT/SIGTERM (the current step
+    finishes first, or the final evaluation stops at once; exit status 128 +
+    signal); `kdistill distill --resume RUN_DIR` continues such a run (one stopped
+    in the final evaluation is only evaluated again).
+
+    A component flag (--kernel, --solver, --loss, --eval-kernel) naming the
+    component the --config already has keeps its parameters; naming another one
+    starts from that component's defaults, with a note saying which settings went.
     """
+    with contextlib.ExitStack() as stack:  # holds the run directory's lock
+        _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags)
+
+
+def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags) -> None:
     from kdistill.api import make_config
     from kdistill.core.checkpoint import check_same_config, read_checkpoint
     from kdistill.core.components import build_components, check_run_config, prepare_data
     from kdistill.core.errors import ConfigError
     from kdistill.core.kip import run_label_solve
+    from kdistill.core.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
     try:
         overrides = {k: v for k, v in flags.items() if k in _FLAG_FIELDS and v is not None}
         base, resumed_step = config_path, None
         if resume_dir is not None:
+            if overwrite:
+                raise ConfigError("--overwrite replaces a run and --resume continues one: give only one of them")
             if out_dir is not None and Path(out_dir).resolve() != Path(resume_dir).resolve():
                 raise ConfigError(f"--out {out_dir} differs from --resume {resume_dir}: a resumed run "
                                   "continues in its own directory; drop --out")
+            run = stack.enter_context(RunDirectory(resume_dir, mode="resume", what="--resume"))
             saved = read_checkpoint(resume_dir)
             base, resumed_step = (config_path or saved.config), saved.step
-        cfg = make_config(base).with_overrides(overrides).with_overrides(list(sets))
+        notices: list[str] = []
+        cfg = make_config(base).with_overrides(overrides, notices).with_overrides(list(sets), notices)
+        if config_path is not None:
+            for notice in notices:
+                click.secho(f"note: {notice}", fg="yellow", err=True)
         check_run_config(cfg)
         if resume_dir is not None:
             if cfg.method != "kip":
                 raise ConfigError("--resume applies to KIP runs only; Label Solve has no steps to resume")
             check_same_config(saved, cfg.to_dict(), resume_dir)
         comps = build_components(cfg)
+        default_out = f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(resume_dir or out_dir or default_out)
+        if resume_dir is None:
+            run = stack.enter_context(RunDirectory(out, overwrite=overwrite, what="--out"))
         data = prepare_data(cfg)
+        removed = run.prepare(estimate_run_bytes(cfg, data, grid))
+        if removed:
+            click.echo(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}", err=True)
     except KdistillError as exc:
         _fail(exc)
-    default_out = f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(resume_dir or out_dir or default_out)
     click.echo(
         f"{cfg.method} on {cfg.dataset} ({len(data.x_train)} train / {len(data.x_test)} test), "
         f"ipc={cfg.ipc}, kernel={cfg.kernel.name} {cfg.kernel.params}, backend={cfg.backend}"
@@ -125,6 +159,7 @@ def distill(config_path, sets, out_dir, grid, progress, resume_dir, **flags: Any
         resume = cfg.method == "kip" and (out / "checkpoint.npz").is_file()
         _fail(f"{exc}" + (f"; the final checkpoint in {out} is intact: free space and run "
                           f"`kdistill distill --resume {out}` to write the results" if resume else ""))
+    remove_transient_checkpoint(out, cfg)
     m = result.metrics
     if m.get("recoveries"):
         last = m["recoveries"][-1]
@@ -197,15 +232,16 @@ def _run_with_progress(cfg, comps, data, progress: bool, run_dir: Path, resume: 
               help="With --nn: result JSON (default: nn_<model>.json beside the artifact).")
 @click.option("--progress/--no-progress", "nn_progress", default=True)
 @threads_option
+@allow_data_mismatch_option
 def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_file=None, nn_sets=(),
-             seeds=None, nn_out=None, nn_progress=True, threads=None) -> None:
+             seeds=None, nn_out=None, nn_progress=True, threads=None, allow_data_mismatch=False) -> None:
     """KRR test accuracy of ARTIFACT (a distilled.npz or its run directory); with
     --nn convnet|fc, finite-network test accuracy (mean ± std over seeds) instead."""
     if nn_model:
         from kdistill.nn.commands import evaluate_nn_command
 
         evaluate_nn_command(artifact, nn_model, protocol_file, nn_sets, seeds, data_dir, nn_out, nn_progress,
-                            threads)
+                            threads, allow_data_mismatch)
         return
     from tqdm.auto import tqdm
 
@@ -219,24 +255,28 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
         art = load(path)
         overrides: dict[str, Any] = {}
         if kernel:
-            overrides["eval_kernel"] = {"name": kernel}
+            overrides["eval_kernel"] = kernel  # the artifact's parameters stay when it names the same kernel
         if data_dir:
             overrides["data_dir"] = data_dir
         if backend:
             overrides["backend"] = backend
         if threads is not None:
             overrides["threads"] = threads
-        from kdistill.core.config import parse_override
+        from kdistill.core.config import DistillConfig, parse_override
 
         overrides.update(dict(parse_override(s) for s in sets))
+        notices: list[str] = []
+        cfg = DistillConfig.from_dict(art.config).with_overrides(overrides, notices)  # validates -s values
+        for notice in notices:
+            click.secho(f"note: {notice}", fg="yellow", err=True)
         n_test = art.dataset.get("n_test")
-        if n_test and overrides.get("test_size"):
-            n_test = min(n_test, int(overrides["test_size"]))
+        if n_test and cfg.test_size:
+            n_test = min(n_test, cfg.test_size)
         # both passes (distilled set, random real subset) advance the bar per block of
         # test images, so tqdm's remaining-time estimate holds for slow kernels too
         total = 2 * n_test if n_test else None
         with tqdm(total=total, desc="evaluate (distilled + random subset)", unit="img", dynamic_ncols=True) as bar:
-            res = evaluate_artifact(art, overrides, progress=bar.update)
+            res = evaluate_artifact(art, overrides, progress=bar.update, check_data=not allow_data_mismatch)
     except KdistillError as exc:
         _fail(exc)
     click.echo(

@@ -71,3 +71,25 @@ class RunInterrupted(KdistillError):
     def __init__(self, message: str, signum: int, step: int, checkpoint=None):
         super().__init__(message)
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class RunDirectoryError(KdistillError, OSError):
+    """A run directory cannot be used: not a directory, not writable, too little free
+    space, a path too long, or it holds another run (or other files) and ``overwrite``
+    was not given. Raised before the first step, so no work is lost."""
+
+
+class RunDirectoryInUse(RunDirectoryError):
+    """Another kdistill process holds the run directory's lock (a run, or a resume,
+    still going).
+
+    Attributes:
+        pid: the process id of the holder, when it recorded one (else None).
+    """
+
+    def __init__(self, message: str, pid: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+
+    def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
+        return str(self.args[0]) if self.args else ""

@@ -42,7 +42,7 @@ from kdistill.core.errors import (
 from kdistill.core.guard import NumericalGuard
 from kdistill.core.krr import accuracy, krr_predict, label_solve
 from kdistill.core.random_features import step_seed
-from kdistill.core.signals import StopRequest
+from kdistill.core.signals import InterruptNow, StopRequest
 from kdistill.core.sampling import TargetSampler, balanced_subset, centered_one_hot
 
 
@@ -149,10 +149,15 @@ def run_kip(
             evaluation steps, ``eval_acc``); used by the CLI's progress bar.
         run_dir: directory of ``checkpoint.npz`` (:mod:`kdistill.core.checkpoint`).
             With it, a checkpoint is written every ``config.checkpoint_every`` steps and
-            after the last step (if ``checkpoint_every > 0``), and SIGINT/SIGTERM finish
-            the current step, write a checkpoint and raise RunInterrupted.
+            always after the last step, before the final evaluation starts; SIGINT/SIGTERM
+            during a step finish the step, write a checkpoint and raise RunInterrupted;
+            during the final evaluation they stop it at once and raise RunInterrupted
+            (the checkpoint of the last step is on disk). The caller holds the
+            directory's lock (:class:`kdistill.core.rundir.RunDirectory`).
         resume: continue from ``run_dir``'s checkpoint. The result is bit-for-bit the
-            one an uninterrupted run gives (same config, data and backend).
+            one an uninterrupted run gives (same config, data and backend). A run whose
+            steps were all done (interrupted in the final evaluation, or stopped by its
+            time limit or patience) only runs the final evaluation.
     Raises:
         NonFiniteLossError, NotPositiveDefiniteError: a step failed numerically and the
             automatic recoveries (``config.nonfinite_retries``, see
@@ -161,7 +166,8 @@ def run_kip(
         CheckpointError: cannot resume (no or corrupt checkpoint, config or data
             differ), a fresh run over an existing checkpoint, or a checkpoint write
             failed (the run stops; the previous checkpoint is intact).
-        RunInterrupted: SIGINT/SIGTERM, with ``run_dir``.
+        RunInterrupted: SIGINT/SIGTERM, with ``run_dir`` (also during the final
+            evaluation).
     """
     start = time.perf_counter()
     b = comps.backend
@@ -243,19 +249,23 @@ def run_kip(
         try:
             path = ckpt.save(checkpoint_path(run_dir))
         except CheckpointError as exc:
-            raise CheckpointError(
-                f"{exc}. The run stopped after step {step}{last_checkpoint()}: free disk space "
-                f"and continue with `kdistill distill --resume {run_dir}`"
-            ) from exc
+            advice = (f"free disk space and continue with `kdistill distill --resume {run_dir}`"
+                      if last_saved is not None or resume else
+                      "free disk space and start the run again (there is nothing to resume)")
+            raise CheckpointError(f"{exc}. The run stopped after step {step}{last_checkpoint()}: {advice}") from exc
         last_saved = step
         return path
 
     if not resume and config.eval_every:
         record_eval(0)
+    # a resumed run that had stopped early (time limit, patience) or finished its steps
+    # (interrupted in the final evaluation) only evaluates
+    done = resume and (
+        (bool(config.time_limit) and elapsed >= config.time_limit)
+        or bool(config.patience and best["since"] >= config.patience)
+    )
     with StopRequest(enabled=run_dir is not None) as stop:
-        for step in range(first, config.steps + 1):
-            if config.patience and best["since"] >= config.patience:
-                break  # a resumed run that had stopped early
+        for step in range(first, 0 if done else config.steps + 1):
             idx = sampler() if pool is None else pool[sampler()]
             batch = (b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64"))
             if random_kernel:
@@ -283,26 +293,45 @@ def run_kip(
             if out_of_time or (config.patience and best["since"] >= config.patience):
                 if out_of_time and valid is not None and history["eval_step"][-1:] != [step]:
                     record_eval(step)  # the last support set gets its validation score too
-                if run_dir is not None and config.checkpoint_every and last_saved != step:
-                    save(step)
                 break
-    train_seconds = seconds()
+        train_seconds = seconds()
+        final_step = history["step"][-1] if history["step"] else 0
+        if run_dir is not None and last_saved != final_step:
+            save(final_step)  # the distilled set is safe before the final evaluation starts
+        if stop.signum is not None:  # a signal during that write
+            raise RunInterrupted(
+                f"interrupted by {signal.Signals(stop.signum).name} after the last step ({final_step}); "
+                f"checkpoint written to {checkpoint_path(run_dir)}; `kdistill distill --resume {run_dir}` "
+                "only runs the final evaluation (Python: kdistill.distill(run_dir=..., resume=True))",
+                signum=stop.signum, step=final_step, checkpoint=checkpoint_path(run_dir),
+            )
 
-    final_images, final_labels = current()
-    final_params = trainer.params_numpy()
-    if best["step"] is not None:
-        final_params = best["params"]
-        final_images, final_labels = final_params["x_s"], final_params.get("y_s", labels)
-    metrics = {
-        "method": "kip",
-        "distilled_acc": evaluate_support(comps, config, data, final_images, final_labels, limit=config.test_size),
-        "n_test": int(len(data.x_test[: config.test_size])),
-        "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and valid is None else None,
-        "train_seconds": train_seconds,
-        "final_loss": history["loss"][-1] if history["loss"] else None,
-        "recoveries": list(guard.events),
-    }
-    metrics.update(random_baseline(comps, config, data))
+        def interrupted(signum: int) -> RunInterrupted:
+            return RunInterrupted(
+                f"interrupted by {signal.Signals(signum).name} during the final evaluation, after the last "
+                f"step ({final_step}); the distilled set is in the checkpoint {checkpoint_path(run_dir)}; "
+                f"`kdistill distill --resume {run_dir}` only runs the final evaluation again "
+                "(Python: kdistill.distill(run_dir=..., resume=True))",
+                signum=signum, step=final_step, checkpoint=checkpoint_path(run_dir),
+            )
+
+        with InterruptNow(interrupted, enabled=run_dir is not None):
+            final_images, final_labels = current()
+            final_params = trainer.params_numpy()
+            if best["step"] is not None:
+                final_params = best["params"]
+                final_images, final_labels = final_params["x_s"], final_params.get("y_s", labels)
+            metrics = {
+                "method": "kip",
+                "distilled_acc": evaluate_support(comps, config, data, final_images, final_labels,
+                                                  limit=config.test_size),
+                "n_test": int(len(data.x_test[: config.test_size])),
+                "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and valid is None else None,
+                "train_seconds": train_seconds,
+                "final_loss": history["loss"][-1] if history["loss"] else None,
+                "recoveries": list(guard.events),
+            }
+            metrics.update(random_baseline(comps, config, data))
     if valid is not None:
         metrics.update(eval_split="validation", valid_size=int(len(valid)), best_step=best["step"],
                        best_valid_acc=best["acc"])

@@ -49,3 +49,37 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
+
+
+class InterruptNow:
+    """Context manager: SIGINT/SIGTERM raise ``make_error(signum)`` at once.
+
+    For work that may be abandoned at any point because everything it needs is safe on
+    disk: the final evaluation of a KIP run runs after the last step's checkpoint is
+    written, so a signal there stops the evaluation without waiting for it and leaves a
+    run that ``--resume`` completes by evaluating again. Handlers are installed only in
+    the main thread and only when ``enabled``; the previous ones are restored on exit.
+    """
+
+    def __init__(self, make_error, enabled: bool = True):
+        self.make_error = make_error
+        self.enabled = enabled
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "InterruptNow":
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _handle(self, signum, frame) -> None:
+        self._restore()  # a second signal gets the previous handler
+        raise self.make_error(signum)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}

@@ -10,6 +10,13 @@
 and writes ``RUN_DIR/report.html`` (every figure embedded as a base64 PNG, no
 external resources: one file to mail or archive), ``RUN_DIR/report.md`` and the
 figures as ``RUN_DIR/report_files/*.png`` (linked from the markdown).
+
+An NN result stores the digest of the support set it was measured on; a result whose
+digest differs from the set now beside it (a new run written into the directory) is
+not shown: the report says so in a warning (page, markdown and a
+:class:`ReportWarning`). Everything copied in from files (class names, config
+strings, set and model names) is escaped: HTML-escaped in the page, backslash-escaped
+in the markdown, and drawn literally (no mathtext) in figures.
 """
 
 from __future__ import annotations
@@ -19,13 +26,39 @@ import hashlib
 import html
 import io
 import json
+import re
 import time
+import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kdistill.core.errors import ArtifactError
+
+
+class ReportWarning(UserWarning):
+    """Something in the run directory was left out of the report (e.g. a stale NN result)."""
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` as literal inline markdown: the characters that open emphasis, code,
+    links/images, HTML tags or entities, strikethrough, table cells and math
+    (``\\ ` * _ [ ] < > | ~ & $``) backslash-escaped (CommonMark escapes), line breaks
+    as spaces. Safe inside a line or table cell, not at the start of a line."""
+    return _MD_SPECIAL.sub(r"\\\1", re.sub(r"[\r\n]+", " ", str(text)))
+
+
+def md_code_block(text: str, lang: str = "") -> list[str]:
+    """Lines of a fenced code block holding ``text`` verbatim: the fence is longer than
+    any run of backticks inside, so the content cannot close it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + lang, text.rstrip("\n"), fence]
 
 
 def _fig_png(fig) -> bytes:
@@ -73,7 +106,8 @@ def distill_curves_png(history: dict[str, list], split: str = "test") -> bytes |
     axes[0].set(xlabel="step", ylabel="KIP loss (target batch)", title="distillation loss")
     if history.get("eval_step"):
         axes[1].plot(history["eval_step"], 100 * np.asarray(history["eval_acc"]), "o-")
-    axes[1].set(xlabel="step", ylabel=f"KRR {split} accuracy %", title="KRR accuracy during distillation")
+    axes[1].set(xlabel="step", title="KRR accuracy during distillation")
+    axes[1].set_ylabel(f"KRR {split} accuracy %", parse_math=False)
     for ax in axes:
         ax.grid(alpha=0.3)
     return _fig_png(fig)
@@ -92,37 +126,79 @@ def nn_curves_png(results: dict[str, dict[str, Any]], model: str) -> bytes | Non
         if run.get("curve_step"):
             axes[1].plot(run["curve_step"], 100 * np.asarray(run["curve_acc"]), "o-", label=name, ms=3)
     axes[0].set_yscale("log")
-    axes[0].set(xlabel="step", ylabel="train loss", title=f"{model}: training loss (seed {rows[next(iter(rows))]['runs'][0]['seed']})")
-    axes[1].set(xlabel="step", ylabel="test accuracy %", title=f"{model}: test accuracy (last point: full test set)")
+    axes[0].set(xlabel="step", ylabel="train loss")
+    axes[0].set_title(f"{model}: training loss (seed {rows[next(iter(rows))]['runs'][0]['seed']})", parse_math=False)
+    axes[1].set(xlabel="step", ylabel="test accuracy %")
+    axes[1].set_title(f"{model}: test accuracy (last point: full test set)", parse_math=False)
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        for text in ax.legend(fontsize=7).get_texts():  # set names are text, not TeX
+            text.set_parse_math(False)
     return _fig_png(fig)
+
+
+def check_classes(art, path: Path) -> None:
+    """Refuse an artifact whose class ids or class names the report cannot show.
+
+    Raises:
+        ArtifactError: a class id outside ``0..C-1`` (``C`` = label columns), or
+            ``dataset.class_names`` that is not a list of ``C`` strings.
+    """
+    num_classes = art.labels.shape[1]
+    ids = np.asarray(art.class_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ArtifactError(f"{str(path)!r} has class id {bad} but its labels have {num_classes} classes "
+                            f"(ids 0..{num_classes - 1}): the artifact is damaged; rewrite it "
+                            "(`kdistill distill` / `kdistill baseline`)")
+    names = art.dataset.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != num_classes
+                              or not all(isinstance(n, str) for n in names)):
+        got = f"{len(names)} entries" if isinstance(names, list) else type(names).__name__
+        raise ArtifactError(f"{str(path)!r} has dataset.class_names of {got}; expected a list of "
+                            f"{num_classes} strings (one per label column)")
 
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report shows, as plain data.
 
     Returns:
-        ``{"run_dir", "artifact", "sets": {name: {"artifact", "nn": {model: result}}}, "models"}``;
-        ``sets`` holds ``distilled`` first, then each baseline found.
+        ``{"run_dir", "artifact", "sets": {name: {"artifact", "nn": {model: result},
+        "stale": {model: result}}}, "models", "warnings"}``; ``sets`` holds
+        ``distilled`` first, then each baseline found. ``nn`` holds the results measured
+        on the set now in the directory; ``stale`` those whose stored support digest
+        differs (measured on an earlier set), each also described in ``warnings``.
     Raises:
-        ArtifactError: no readable ``distilled.npz`` in ``run_dir``.
+        ArtifactError: no readable ``distilled.npz`` in ``run_dir``; an unreadable,
+            malformed or edited ``nn_*.json``; class ids or names the report cannot show.
     """
     from kdistill.core.artifact import load
-    from kdistill.nn.train import read_result
+    from kdistill.nn.train import read_result, support_digest
 
     run_dir = Path(run_dir)
     if not (run_dir / "distilled.npz").is_file():
         raise ArtifactError(f"{str(run_dir)!r} has no distilled.npz; pass a run directory written by "
                             "`kdistill distill` or `kdistill baseline`")
     sets: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
 
     def add(name: str, d: Path) -> None:
-        sets[name] = {
-            "artifact": load(d / "distilled.npz"),
-            "nn": {p.stem[3:]: read_result(p) for p in sorted(d.glob("nn_*.json"))},
-        }
+        art = load(d / "distilled.npz")
+        check_classes(art, d / "distilled.npz")
+        digest = support_digest(art.images, art.labels)
+        nn, stale = {}, {}
+        for p in sorted(d.glob("nn_*.json")):
+            res = read_result(p)
+            if res["support"]["digest"] == digest and res["support"]["n"] == len(art.images):
+                nn[p.stem[3:]] = res
+            else:
+                stale[p.stem[3:]] = res
+                notes.append(
+                    f"{p} was measured on a different support set (digest {res['support']['digest']}, "
+                    f"{res['support']['n']} examples) than {d / 'distilled.npz'} (digest {digest}, "
+                    f"{len(art.images)} examples): its accuracy is not shown. Rerun "
+                    f"`kdistill evaluate {d} --nn {p.stem[3:]}` to measure the current set.")
+        sets[name] = {"artifact": art, "nn": nn, "stale": stale}
 
     add("distilled", run_dir)
     base = run_dir / "baselines"
@@ -133,13 +209,18 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         for d in sorted(base.iterdir(), key=lambda d: (order.get(d.name, len(order)), d.name)):
             if (d / "distilled.npz").is_file():
                 add(d.name, d)
-    models = sorted({m for s in sets.values() for m in s["nn"]})
-    return {"run_dir": run_dir, "artifact": sets["distilled"]["artifact"], "sets": sets, "models": models}
+    models = sorted({m for s in sets.values() for m in (*s["nn"], *s["stale"])})
+    return {"run_dir": run_dir, "artifact": sets["distilled"]["artifact"], "sets": sets, "models": models,
+            "warnings": notes}
 
 
-def _fmt_nn(r: dict[str, Any] | None) -> str:
+def _fmt_nn(r: dict[str, Any] | None, stale: bool = False) -> str:
+    if stale:
+        return "stale result not shown (see warning)"
     if r is None:
         return "–"
+    if r.get("diverged"):
+        return "diverged (no accuracy)"
     return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} (n={len(r['test_acc'])})"
 
 
@@ -158,23 +239,31 @@ def metrics_table(info: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         else:
             krr = art.metrics.get("krr_acc")
         method = art.metrics.get("method", art.config.get("method", "?"))
-        rows.append([name, str(method), str(len(art.images)), "–" if krr is None else f"{100 * krr:.2f}"]
-                    + [_fmt_nn(s["nn"].get(m)) for m in models])
+        krr = f"{100 * krr:.2f}" if isinstance(krr, (int, float)) and not isinstance(krr, bool) else "–"
+        rows.append([name, str(method), str(len(art.images)), krr]
+                    + [_fmt_nn(s["nn"].get(m), m in s["stale"]) for m in models])
     return header, rows
 
 
 def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Path]:
     """Write ``report.html``, ``report.md`` and ``report_files/*.png`` into ``run_dir``.
 
+    NN results measured on another support set than the one now in the directory
+    (stored digest differs) are left out of the table, with a warning at the top of
+    both pages and a :class:`ReportWarning` per file.
+
     Returns:
-        ``{"html": path, "markdown": path}``.
+        ``{"html": path, "markdown": path, "warnings": [message, ...]}``.
     Raises:
-        ArtifactError: no or unreadable artifact / NN result files.
+        ArtifactError: no or unreadable artifact; a malformed, edited or unreadable
+            NN result file; class ids outside the artifact's classes.
     """
     from kdistill import __version__
     from kdistill.core.safeio import atomic_write, write_text_atomic
 
     info = collect(run_dir)
+    for w in info["warnings"]:
+        warnings.warn(w, ReportWarning, stacklevel=2)
     run_dir = info["run_dir"]
     art = info["artifact"]
     cfg = art.config
@@ -220,7 +309,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
         "Baselines are built in the distilled set's own preprocessed space with centered one-hot labels and "
         "evaluated under exactly the protocol shown (same protocol id).",
         f"KRR accuracy of a random real subset recorded at distillation: "
-        f"{100 * art.metrics['random_acc']:.2f}%." if "random_acc" in art.metrics else "",
+        f"{100 * art.metrics['random_acc']:.2f}%." if isinstance(art.metrics.get("random_acc"), (int, float)) else "",
     ]
     if mismatched:
         notes.append("WARNING: results under different protocols: " + ", ".join(mismatched))
@@ -251,8 +340,10 @@ table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #bbb;paddi
 th{{background:#eef}}td:first-child,td:nth-child(2){{text-align:left}}
 pre{{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}}
 img{{max-width:100%}}figure{{margin:0.5em 0}}figcaption{{font-size:12px;color:#555}}
+.warning{{background:#fff3cd;border:1px solid #e0a800;padding:6px 10px}}
 </style></head><body>
 <h1>{e(title)}</h1>
+{''.join(f'<p class="warning"><strong>Warning:</strong> {e(w)}</p>' for w in info['warnings'])}
 <h2>Metrics</h2>
 {table}
 <ul>{''.join(f'<li>{e(n)}</li>' for n in notes)}</ul>
@@ -275,15 +366,17 @@ img{{max-width:100%}}figure{{margin:0.5em 0}}figcaption{{font-size:12px;color:#5
 """
     html_path = write_text_atomic(run_dir / "report.html", page)
 
-    # ---- markdown
-    md = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += [""] + [f"- {n}" for n in notes] + [""]
+    # ---- markdown: everything copied in is escaped (md_escape) or fenced (md_code_block)
+    md = [f"# {md_escape(title)}", ""]
+    md += [f"> **Warning:** {md_escape(w)}" + "\n" for w in info["warnings"]]
+    md += ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
+    md += [""] + [f"- {md_escape(n)}" for n in notes] + [""]
     for m, p in protocols.items():
         if p:
-            md.append(f"- protocol `{m}`: {p['protocol_text']}")
-    md += ["", *(f"![{name}](report_files/{name}.png)" for name in figs), "",
-           "## Config", "", "```toml", config_text.rstrip(), "```", "",
-           "## Provenance", "", "```json", json.dumps(provenance, indent=2, default=str), "```", ""]
+            md.append(f"- protocol {md_escape(m)}: {md_escape(p['protocol_text'])}")
+    md += ["", *(f"![{md_escape(name)}](report_files/{urllib.parse.quote(name)}.png)" for name in figs), "",
+           "## Config", "", *md_code_block(config_text, "toml"), "",
+           "## Provenance", "", *md_code_block(json.dumps(provenance, indent=2, default=str), "json"), ""]
     md_path = write_text_atomic(run_dir / "report.md", "\n".join(md))
-    return {"html": html_path, "markdown": md_path}
+    return {"html": html_path, "markdown": md_path, "warnings": list(info["warnings"])}

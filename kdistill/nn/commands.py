@@ -42,6 +42,56 @@ def _artifact_path(artifact: str) -> Path:
     return path / "distilled.npz" if path.is_dir() else path
 
 
+def _json_kind(value) -> str:
+    """What a decoded JSON/TOML value is, in JSON's words (array, string, number, ...)."""
+    for kind, name in ((bool, "boolean"), (list, "array"), (str, "string"), ((int, float), "number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def read_protocol_file(protocol_file: str | os.PathLike):
+    """The NNProtocol in a JSON or TOML file (``.toml``: TOML, anything else: JSON)
+    holding a protocol table, or a result file (``nn_*.json``) holding ``protocol``.
+
+    Raises:
+        ConfigError: the file cannot be read or decoded (not UTF-8, not JSON/TOML),
+            its top level is not a table/object (e.g. a JSON list or string), or the
+            protocol in it is invalid (the message names the file).
+    """
+    from kdistill.core.errors import ConfigError
+    from kdistill.nn.protocol import NNProtocol
+
+    path = Path(protocol_file)
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if kind == "TOML":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read --protocol file {str(path)!r}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--protocol file {str(path)!r} is not UTF-8 text (byte {exc.start}); "
+                          f"pass a {kind} protocol or an nn_*.json result") from exc
+    except ValueError as exc:  # json.JSONDecodeError, tomllib.TOMLDecodeError
+        raise ConfigError(f"--protocol file {str(path)!r} is not valid {kind}: {exc}") from exc
+    if isinstance(data, dict) and "protocol" in data:
+        data = data["protocol"]
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"--protocol file {str(path)!r} must hold a {kind} object of protocol fields (e.g. "
+            f'{{"model": "convnet", "width": 128}}) or an nn_*.json result, got a {kind} '
+            f"{_json_kind(data)}")
+    try:
+        return NNProtocol.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"--protocol file {str(path)!r}: {exc}") from exc
+
+
 def load_protocol(model: str, protocol_file: str | None, nn_sets: tuple[str, ...], seeds: str | None):
     """NNProtocol from defaults for ``model``, an optional JSON/TOML file (a protocol
     dict, or a result file holding ``protocol``), ``-p key=value`` overrides and ``--seeds``."""
@@ -50,15 +100,7 @@ def load_protocol(model: str, protocol_file: str | None, nn_sets: tuple[str, ...
 
     protocol = NNProtocol.default(model)
     if protocol_file:
-        text = Path(protocol_file).read_text()
-        if protocol_file.endswith(".toml"):
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-        data = data.get("protocol", data)
-        protocol = NNProtocol.from_dict(data)
+        protocol = read_protocol_file(protocol_file)
         if protocol.model != model:
             raise ConfigError(f"--nn {model} but the protocol file is for model {protocol.model!r}")
     if seeds:
@@ -69,18 +111,30 @@ def load_protocol(model: str, protocol_file: str | None, nn_sets: tuple[str, ...
     return protocol.with_overrides(list(nn_sets)) if nn_sets else protocol
 
 
+#: ``--allow-data-mismatch`` of the commands that load an artifact's dataset.
+allow_data_mismatch_option = click.option(
+    "--allow-data-mismatch", is_flag=True,
+    help="Evaluate even if the dataset loaded now differs from the one ARTIFACT was distilled from "
+         "(sizes, pixels or labels); a warning names the differences.")
+
+
 def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds, data_dir, out, progress,
-                        threads: int | None = None) -> dict:
+                        threads: int | None = None, allow_data_mismatch: bool = False) -> dict:
     """Train the protocol's networks on ARTIFACT, print mean ± std, write the JSON result.
 
     The result goes to ``--out`` or ``<artifact dir>/nn_<model>.json``. ``threads`` sets
     torch's and BLAS's thread count (:func:`kdistill.core.threads.apply_threads`; 1 is
     fastest for small networks on a loaded machine; numbers are reproducible per
-    thread count, which the result records).
+    thread count, which the result records). Data that differ from those ARTIFACT was
+    distilled from are refused unless ``allow_data_mismatch``; a diverged network is an
+    error (no accuracy, no file).
     """
     from tqdm.auto import tqdm
 
+    import warnings
+
     from kdistill.core.artifact import load
+    from kdistill.core.evaluate import DataMismatchWarning
     from kdistill.core.safeio import write_text_atomic
     from kdistill.nn.train import evaluate_nn
 
@@ -97,7 +151,12 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
         with tqdm(total=total, desc=f"nn {model}", unit="step", disable=not progress, dynamic_ncols=True) as bar:
             def cb(i, done):
                 bar.update(i * protocol.steps + done - bar.n)
-            res = evaluate_nn(art, protocol, overrides={"data_dir": data_dir} if data_dir else None, progress=cb)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DataMismatchWarning)
+                res = evaluate_nn(art, protocol, overrides={"data_dir": data_dir} if data_dir else None,
+                                  progress=cb, check_data=not allow_data_mismatch)
+            for w in caught:
+                click.secho(f"warning: {w.message}", fg="yellow", err=True)
         res["artifact"] = str(path)
         res["command"] = " ".join(["kdistill", *sys.argv[1:]]) if sys.argv else ""
         target = Path(out) if out else path.parent / f"nn_{model}.json"
@@ -120,7 +179,8 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Directory for <kind>/distilled.npz. Default: <artifact dir>/baselines.")
 @threads_option
-def baseline(artifact, kinds, seed, data_dir, out_dir, threads) -> None:
+@allow_data_mismatch_option
+def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_mismatch) -> None:
     """Build random / k-means / herding baselines the size of ARTIFACT's support set.
 
     Each is a distilled.npz in the artifact's preprocessed space with centered one-hot
@@ -135,7 +195,8 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads) -> None:
         apply_threads(threads)
         art = load(path)
         sets = baselines_for(art, kinds or BASELINES, seed=seed,
-                             overrides={"data_dir": data_dir} if data_dir else None)
+                             overrides={"data_dir": data_dir} if data_dir else None,
+                             check_data=not allow_data_mismatch)
         root = Path(out_dir) if out_dir else path.parent / "baselines"
         for kind, ds in sets.items():
             ds.save(root / kind / "distilled.npz")
@@ -149,11 +210,21 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads) -> None:
 @click.option("--title", help="Page title.")
 def report(run_dir, title) -> None:
     """Write RUN_DIR/report.html (self-contained) and report.md: image grid, curves,
-    metrics against baselines, config and provenance."""
-    from kdistill.report import build_report
+    metrics against baselines, config and provenance.
+
+    An nn_*.json measured on a different support set than the distilled.npz beside it
+    (e.g. left from an earlier run) is not shown; a warning says so, here on stderr
+    and at the top of both pages."""
+    import warnings
+
+    from kdistill.report import ReportWarning, build_report
 
     try:
-        paths = build_report(run_dir, title=title)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ReportWarning)  # printed below, once each
+            paths = build_report(run_dir, title=title)
     except (KdistillError, OSError) as exc:
         _fail(exc)
+    for message in paths["warnings"]:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
     click.echo(f"wrote {paths['html']} and {paths['markdown']}")

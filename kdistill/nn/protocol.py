@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import attrs
+import numpy as np
 
 from kdistill.core.errors import ConfigError
 
@@ -25,35 +27,55 @@ SCHEDULES = ("constant", "cosine")
 LABEL_MODES = ("artifact", "argmax", "class")
 
 
+def show(value: Any) -> str:
+    """``value`` as a user wrote it, for messages: numbers plainly (``2``, ``inf``, not
+    ``np.int64(2)``), strings quoted, lists and tuples element by element."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}" if math.isfinite(value) else str(value)
+    return repr(value)
+
+
 def _one_of(options):
     def validate(inst, attr, value):
-        if value not in options:
-            raise ConfigError(f"NNProtocol.{attr.name} must be one of {', '.join(options)}, got {value!r}")
+        if not isinstance(value, str) or value not in options:
+            raise ConfigError(f"NNProtocol.{attr.name} must be one of {', '.join(options)}, got {show(value)}")
     return validate
 
 
 def _int_at_least(lo: int):
     def validate(inst, attr, value):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ConfigError(f"NNProtocol.{attr.name} must be an integer >= {lo}, got {value!r}")
+            raise ConfigError(f"NNProtocol.{attr.name} must be an integer >= {lo}, got {show(value)}")
     return validate
 
 
 def _float_range(lo: float, hi: float | None = None, lo_open: bool = False):
     def validate(inst, attr, value):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
         if not ok:
-            rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
-            raise ConfigError(f"NNProtocol.{attr.name} must be a number {rng}, got {value!r}")
+            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+            raise ConfigError(f"NNProtocol.{attr.name} must be a finite number {rng}, got {show(value)}")
     return validate
 
 
+def _int(value):
+    """numpy integers as Python ints (other values are left for the validator)."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
 def _seeds_converter(value):
+    value = _int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
+    if isinstance(value, (str, bytes, dict)):
+        return value  # iterable, but not a list of seeds: the validator rejects it
     try:
-        return tuple(value)
+        return tuple(_int(v) for v in value)
     except TypeError:
         return value
 
@@ -64,10 +86,12 @@ def _seeds(inst, attr, value):
         or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)
         or len(set(value)) != len(value)
     ):
-        raise ConfigError(f"NNProtocol.seeds must be a non-empty list of distinct integers >= 0, got {value!r}")
+        raise ConfigError(f"NNProtocol.seeds must be a non-empty list of distinct integers >= 0, got {show(value)}")
 
 
 def _float(value):
+    if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+        value = value.item()
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
@@ -101,8 +125,8 @@ class NNProtocol:
     """
 
     model: str = attrs.field(default="convnet", validator=_one_of(MODELS))
-    width: int = attrs.field(default=128, validator=_int_at_least(1))
-    depth: int = attrs.field(default=3, validator=_int_at_least(1))
+    width: int = attrs.field(default=128, converter=_int, validator=_int_at_least(1))
+    depth: int = attrs.field(default=3, converter=_int, validator=_int_at_least(1))
     norm: str = attrs.field(default="instance", validator=_one_of(NORMS))
     loss: str = attrs.field(default="mse", validator=_one_of(LOSSES))
     optimizer: str = attrs.field(default="sgd", validator=_one_of(OPTIMIZERS))
@@ -110,13 +134,13 @@ class NNProtocol:
     momentum: float = attrs.field(default=0.9, converter=_float, validator=_float_range(0.0, 1.0))
     weight_decay: float = attrs.field(default=5e-4, converter=_float, validator=_float_range(0.0))
     schedule: str = attrs.field(default="cosine", validator=_one_of(SCHEDULES))
-    steps: int = attrs.field(default=300, validator=_int_at_least(1))
-    batch_size: int = attrs.field(default=256, validator=_int_at_least(1))
+    steps: int = attrs.field(default=300, converter=_int, validator=_int_at_least(1))
+    batch_size: int = attrs.field(default=256, converter=_int, validator=_int_at_least(1))
     seeds: tuple = attrs.field(default=(0, 1, 2), converter=_seeds_converter, validator=_seeds)
     label_mode: str = attrs.field(default="artifact", validator=_one_of(LABEL_MODES))
-    eval_every: int = attrs.field(default=100, validator=_int_at_least(0))
-    curve_test_size: int = attrs.field(default=1000, validator=_int_at_least(1))
-    version: int = attrs.field(default=PROTOCOL_VERSION, validator=_int_at_least(1))
+    eval_every: int = attrs.field(default=100, converter=_int, validator=_int_at_least(0))
+    curve_test_size: int = attrs.field(default=1000, converter=_int, validator=_int_at_least(1))
+    version: int = attrs.field(default=PROTOCOL_VERSION, converter=_int, validator=_int_at_least(1))
 
     def __attrs_post_init__(self):
         if self.version > PROTOCOL_VERSION:

@@ -57,12 +57,30 @@ def make_targets(labels: np.ndarray, class_ids: np.ndarray, protocol: NNProtocol
     Returns:
         ``mse``: ``[n, C]`` float32 (the labels themselves for ``artifact``, centered
         one-hot for ``argmax``/``class``); ``ce``: ``[n]`` int64 class indices.
+    Raises:
+        DataError: labels not ``[n, C]`` finite numbers; for ``label_mode='class'``,
+            class ids that are not ``n`` integers in ``0..C-1``.
     """
-    labels = np.asarray(labels, np.float32)
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] < 1 or labels.dtype.kind not in "iuf" or not np.isfinite(labels).all():
+        raise DataError(f"the support labels must be a finite [n, C] float array, got {labels.dtype} {labels.shape}"
+                        + ("" if labels.ndim != 2 or labels.dtype.kind not in "iuf" else " with NaN/Inf values"))
+    labels = labels.astype(np.float32)
     num_classes = labels.shape[1]
     if protocol.label_mode == "artifact":
         return labels
-    hard = labels.argmax(axis=1) if protocol.label_mode == "argmax" else np.asarray(class_ids)
+    if protocol.label_mode == "argmax":
+        hard = labels.argmax(axis=1)
+    else:
+        hard = np.asarray(class_ids)
+        if hard.shape != (len(labels),) or hard.dtype.kind not in "iu":
+            raise DataError(f"label_mode='class' needs one integer class id per support example ({len(labels)}), "
+                            f"got {hard.dtype} {hard.shape}; use label_mode='argmax' or 'artifact'")
+        bad = hard[(hard < 0) | (hard >= num_classes)]
+        if bad.size:
+            raise DataError(f"label_mode='class' needs class ids in 0..{num_classes - 1} (the labels have "
+                            f"{num_classes} columns), got {int(bad[0])} ({bad.size} of {len(hard)} ids out of range); "
+                            "the artifact's class_ids are damaged: use label_mode='argmax' or 'artifact'")
     hard = hard.astype(np.int64)
     if protocol.loss == "ce":
         return hard
@@ -71,15 +89,19 @@ def make_targets(labels: np.ndarray, class_ids: np.ndarray, protocol: NNProtocol
     return out
 
 
-def _accuracy(model, x, y, batch: int = 500) -> float:
+def _accuracy(model, x, y, batch: int = 500) -> tuple[float, bool]:
+    """Accuracy on ``(x, y)`` and whether every output was finite (an overflowing
+    network's argmax is meaningless)."""
     torch = _torch()
-    correct = 0
+    correct, finite = 0, True
     model.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+            out = model(x[i:i + batch])
+            finite = finite and bool(torch.isfinite(out).all())
+            correct += int((out.argmax(1) == y[i:i + batch]).sum())
     model.train()
-    return correct / len(x)
+    return correct / len(x), finite
 
 
 def train_one(
@@ -102,10 +124,11 @@ def train_one(
     Returns:
         ``{"seed", "test_acc", "seconds", "loss" (per step), "curve_step",
         "curve_acc" (on the first curve_test_size test images)}``.
+        ``"diverged"`` is True when a loss, a weight or a test output became NaN/Inf: training
+        stopped there and ``test_acc`` (of the broken network) means nothing;
+        :func:`evaluate_nn` refuses such a run.
     Raises:
-        DataError: shapes disagree or values are not finite. NumericalError-like
-            divergence is reported as a non-finite loss, not hidden: training stops
-            and ``test_acc`` is the accuracy of the diverged network.
+        DataError: shapes disagree or values are not finite.
     """
     torch = _torch()
     import torch.nn.functional as F
@@ -166,10 +189,14 @@ def train_one(
             done = step + 1
             if protocol.eval_every and done % protocol.eval_every == 0 and done < protocol.steps:
                 curve_step.append(done)
-                curve_acc.append(_accuracy(model, xt[:protocol.curve_test_size], yt[:protocol.curve_test_size]))
+                curve_acc.append(_accuracy(model, xt[:protocol.curve_test_size], yt[:protocol.curve_test_size])[0])
             if progress is not None:
                 progress(done)
-        acc = _accuracy(model, xt, yt)
+        # a step can blow up the weights while its loss (computed before it) was finite
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        acc, outputs_finite = _accuracy(model, xt, yt)
+        finite = finite and outputs_finite
+    diverged = not finite or not all(math.isfinite(v) for v in losses)
     if protocol.eval_every:
         curve_step.append(len(losses))
         curve_acc.append(acc)  # the last curve point is the full-test-set accuracy
@@ -178,7 +205,7 @@ def train_one(
         "test_acc": acc,
         "seconds": time.perf_counter() - start,
         "loss": losses,
-        "diverged": not all(math.isfinite(v) for v in losses),
+        "diverged": diverged,
         "curve_step": curve_step,
         "curve_acc": curve_acc,
     }
@@ -216,6 +243,7 @@ def evaluate_nn(
     data=None,
     overrides: dict[str, Any] | list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    check_data: bool = True,
 ) -> dict[str, Any]:
     """Train ``protocol`` networks on a distilled set, one per seed; full test accuracy.
 
@@ -225,6 +253,8 @@ def evaluate_nn(
             (default: the artifact's dataset loaded and passed through its transform).
         overrides: config overrides for loading the data (e.g. ``{"data_dir": ...}``).
         progress: ``progress(seed_index, steps_done)``.
+        check_data: compare the loaded dataset with the one the artifact was distilled
+            from (:func:`kdistill.core.evaluate.prepare_with_transform`); False skips it.
     Returns:
         The result dict stored as ``nn_<model>.json``: ``format``, ``format_version``,
         ``protocol`` (dict), ``protocol_id``, ``test_acc`` (per seed), ``mean``,
@@ -232,23 +262,38 @@ def evaluate_nn(
         loss curves), ``support`` (size, digest, method), ``dataset``, ``n_test``,
         ``seconds``, ``machine``, ``kdistill_version``.
     Raises:
-        ConfigError, DataError, DataFileError.
+        ConfigError, DataError (also: the data differ from the artifact's, see
+        ``check_data``), DataFileError.
+        NumericalError: a network diverged (NaN/Inf loss or weights); the message names
+            the seed and step and the protocol fields to lower. No accuracy is returned
+            for a diverged protocol, since the remaining seeds' mean would be biased.
     """
     from kdistill import __version__
+    from kdistill.core.errors import NumericalError
 
     if data is None:
         from kdistill.core.config import DistillConfig
         from kdistill.core.evaluate import prepare_with_transform
 
         config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
-        data = prepare_with_transform(config, artifact)
+        data = prepare_with_transform(config, artifact, check_data=check_data)
     targets = make_targets(artifact.labels, artifact.class_ids, protocol)
     start = time.perf_counter()
     runs = []
     for i, seed in enumerate(protocol.seeds):
         cb = None if progress is None else (lambda done, i=i: progress(i, done))
-        runs.append(train_one(protocol, seed, artifact.images, targets, data.x_test, data.y_test,
-                              data.num_classes, progress=cb))
+        run = train_one(protocol, seed, artifact.images, targets, data.x_test, data.y_test,
+                        data.num_classes, progress=cb)
+        if run["diverged"]:
+            bad = next((k for k, v in enumerate(run["loss"]) if not math.isfinite(v)), None)
+            where = (f"its loss became {run['loss'][bad]} at step {bad + 1} of {protocol.steps}" if bad is not None
+                     else f"its weights or test outputs became NaN/Inf by step {len(run['loss'])} of "
+                          f"{protocol.steps}")
+            raise NumericalError(
+                f"finite-network training diverged for seed {seed}: {where} (lr={protocol.lr:g}, "
+                f"weight_decay={protocol.weight_decay:g}, optimizer={protocol.optimizer}); no accuracy is "
+                "reported for a diverged run. Lower -p lr (and -p weight_decay), or use -p schedule=cosine")
+        runs.append(run)
     accs = np.array([r["test_acc"] for r in runs])
     return {
         "format": RESULT_FORMAT,
@@ -274,23 +319,92 @@ def evaluate_nn(
     }
 
 
+def _is_number(v, lo: float | None = None, hi: float | None = None) -> bool:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+
+def _result_problem(res: dict[str, Any]) -> str | None:
+    """What is wrong with a decoded NN result (format and version already checked), or None."""
+    try:
+        protocol = NNProtocol.from_dict(res["protocol"])
+    except ConfigError as exc:
+        return f"its protocol is invalid: {exc}"
+    if res.get("protocol_id") != protocol.protocol_id:
+        return (f"protocol_id {res.get('protocol_id')!r} does not match its protocol (id {protocol.protocol_id}): "
+                "the file was edited")
+    accs, runs = res.get("test_acc"), res.get("runs")
+    if not isinstance(accs, list) or not accs or not all(_is_number(a, 0.0, 1.0) for a in accs):
+        return "'test_acc' must be a non-empty list of accuracies in [0, 1]"
+    if len(accs) != len(protocol.seeds):
+        return f"'test_acc' has {len(accs)} entries but the protocol has {len(protocol.seeds)} seeds"
+    if not _is_number(res.get("mean"), 0.0, 1.0) or not _is_number(res.get("std"), 0.0, 1.0):
+        return "'mean' and 'std' must be numbers in [0, 1]"
+    if abs(res["mean"] - float(np.mean(accs))) > 1e-9 or abs(res["std"] - float(np.std(accs))) > 1e-9:
+        return "'mean'/'std' do not match 'test_acc': the file was edited"
+    if not isinstance(runs, list) or len(runs) != len(accs):
+        return f"'runs' must be a list with one entry per seed ({len(accs)})"
+    for k, run in enumerate(runs):
+        if not isinstance(run, dict):
+            return f"runs[{k}] must be an object"
+        if run.get("seed") != protocol.seeds[k] or run.get("test_acc") != accs[k]:
+            return f"runs[{k}] does not match seed {protocol.seeds[k]} and test_acc[{k}]"
+        loss = run.get("loss")
+        if not isinstance(loss, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in loss):
+            return f"runs[{k}].loss must be a list of numbers"
+        steps, curve = run.get("curve_step", []), run.get("curve_acc", [])
+        if (not isinstance(steps, list) or not isinstance(curve, list) or len(steps) != len(curve)
+                or not all(_is_number(v) for v in steps) or not all(_is_number(v, 0.0, 1.0) for v in curve)):
+            return f"runs[{k}].curve_step/curve_acc must be lists of numbers of one length"
+    support = res.get("support")
+    if not isinstance(support, dict) or not isinstance(support.get("digest"), str) or not (
+            isinstance(support.get("n"), int) and not isinstance(support.get("n"), bool)):
+        return "'support' must be an object with 'n' (int) and 'digest' (str)"
+    if not isinstance(res.get("n_test"), int) or isinstance(res.get("n_test"), bool) or res["n_test"] < 1:
+        return "'n_test' must be an integer >= 1"
+    if not isinstance(res.get("machine", {}), dict):
+        return "'machine' must be an object"
+    return None
+
+
 def read_result(path: str | os.PathLike) -> dict[str, Any]:
-    """Load an ``nn_*.json`` result and validate its protocol.
+    """Load an ``nn_*.json`` result and validate it.
+
+    Checks the format and version, the protocol (valid, and ``protocol_id`` matching
+    it), per-seed accuracies, mean/std consistent with them, ``runs`` (one per seed,
+    with loss and curve lists), ``support`` (``n``, ``digest``) and ``n_test``.
+    ``protocol_text`` is rebuilt from the protocol (never taken from the file), and
+    ``diverged`` is set when any run diverged (files of older kdistill versions).
 
     Raises:
-        ArtifactError: not a readable result file, or a newer format.
+        ArtifactError: not a readable result file, a newer format, or a malformed or
+            edited one (the message names the file and the field).
     """
     import json
 
     from kdistill.core.errors import ArtifactError
 
+    what = f"NN result {str(path)!r}"
     try:
-        res = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"cannot read NN result {str(path)!r}: {exc}") from exc
+        res = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, JSONDecodeError
+        raise ArtifactError(f"cannot read {what}: {exc}") from exc
     if not isinstance(res, dict) or res.get("format") != RESULT_FORMAT:
-        raise ArtifactError(f"{str(path)!r} is not a kdistill NN result")
-    if int(res.get("format_version", 0)) > RESULT_FORMAT_VERSION:
-        raise ArtifactError(f"{str(path)!r} has a newer NN result format; upgrade kdistill")
-    NNProtocol.from_dict(res["protocol"])
+        raise ArtifactError(f"{str(path)!r} is not a kdistill NN result (no \"format\": \"{RESULT_FORMAT}\"); "
+                            "remove it or rewrite it with `kdistill evaluate --nn`")
+    version = res.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ArtifactError(f"{what} has a malformed format_version (got {json.dumps(version)}, expected an "
+                            "integer >= 1); rewrite it with `kdistill evaluate --nn`")
+    if version > RESULT_FORMAT_VERSION:
+        raise ArtifactError(f"{what} has format version {version}, newer than this kdistill reads "
+                            f"({RESULT_FORMAT_VERSION}); upgrade kdistill")
+    missing = [k for k in ("protocol", "protocol_id", "test_acc", "mean", "std", "runs", "support", "n_test")
+               if k not in res]
+    problem = f"it lacks {', '.join(repr(k) for k in missing)}" if missing else _result_problem(res)
+    if problem:
+        raise ArtifactError(f"{what} is malformed: {problem}; rewrite it with `kdistill evaluate --nn` "
+                            "(or remove it)")
+    res["protocol_text"] = NNProtocol.from_dict(res["protocol"]).describe()
+    res["diverged"] = any(bool(r.get("diverged")) for r in res["runs"])
     return res

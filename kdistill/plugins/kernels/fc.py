@@ -28,7 +28,7 @@ from kdistill.core.contracts import Kernel
 from kdistill.core.validators import kernel_kind, nonneg, positive, positive_int
 
 
-def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float, theta=None):
+def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float, angle: "Angle | None" = None):
     """One ReLU + Dense step of the arc-cosine recursion (Cho & Saul 2009).
 
     With ``norm = sqrt(kxx kyy)``, ``theta = arccos(k / norm)`` and
@@ -51,11 +51,11 @@ def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float, theta=None):
         k: ``[...]`` covariances between x and x'; ``kxx``/``kyy`` variances of x and x',
             broadcastable to ``k``, > 0.
         sw2, sb2: weight and bias variance of the Dense (or conv) layer folded in.
-        theta: optional ``[...]`` accurate angle between x and x' (from
-            :func:`input_angle` / :func:`next_angle`), differentiable. Near ``|c| = 1``
-            the angle ``arccos(k / norm)`` turns each rounding of ``c`` (about 1e-16)
-            into about 1e-8 of ``theta`` (``theta ~ sqrt(2 (1 - c))``) and its gradient
-            into noise; with ``theta`` given, ``kdot`` and ``S`` use it instead.
+        angle: optional accurate angle between x and x' (:func:`input_angle`,
+            :func:`next_angle`), differentiable. Near ``|c| = 1`` the angle
+            ``arccos(k / norm)`` turns each rounding of ``c`` (about 1e-16) into about
+            1e-8 of ``theta`` (``theta ~ sqrt(2 (1 - c))``) and its gradient into
+            noise; with ``angle`` given, ``kdot`` and ``S`` use it instead.
     Returns:
         ``(k_next, kdot, kxx_next, kyy_next)``, in the dtype of ``k``.
     """
@@ -64,14 +64,14 @@ def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float, theta=None):
     scale = sw2 / (2 * math.pi)
     rx, ry = b.safe_sqrt(kxx), b.safe_sqrt(kyy)  # kxx, kyy are small broadcastable arrays
     norm = rx * ry
-    if theta is None:
+    if angle is None:
         c = xp.clip(k / norm, min=-1.0, max=1.0)
         theta = b.safe_arccos(c)
         # S = norm sin(theta) from the same c as theta (sin(arccos c) = sqrt((1-c)(1+c))), so
         # rounding errors of theta and S cancel to first order near c = 1 (the map is flat there).
         s = sg(xp.sqrt((1.0 - c) * (1.0 + c)) * norm)
     else:
-        s = sg(xp.sin(theta) * norm)
+        theta, s = angle.theta, sg(angle.sin * norm)
     kdot = scale * (math.pi - theta)
     # value: scale * S; derivative in kxx: scale * S / (2 kxx)   (kxx / sg(kxx) == 1)
     unit = (0.5 * scale) * (kxx / sg(_floor(xp, kxx)) + kyy / sg(_floor(xp, kyy)))
@@ -81,8 +81,27 @@ def relu_layer(b, k, kxx, kyy, sw2: float, sb2: float, theta=None):
     return k_next, kdot, 0.5 * sw2 * kxx + sb2, 0.5 * sw2 * kyy + sb2
 
 
+@attrs.frozen
+class Angle:
+    """The angle between two inputs (or hidden representations) in three accurate forms.
+
+    Attributes (``[...]`` arrays of one float dtype, differentiable):
+        theta: the angle in ``[0, pi]``.
+        gap: ``1 - cos(theta)`` in ``[0, 2]``, without cancellation near ``theta = 0``.
+        sin: ``sin(theta)`` in ``[0, 1]``, without cancellation near ``theta = 0, pi``.
+    """
+
+    theta: Any
+    gap: Any
+    sin: Any
+
+
 #: Veltkamp splitting factors 2^ceil(p/2) + 1 for p-bit significands (Dekker 1971).
 _SPLIT = {"float64": 2.0**27 + 1.0, "float32": 2.0**12 + 1.0}
+
+#: Where |cos| exceeds this, the angle is taken from its sine (arcsin, slope <= 1.43 there)
+#: instead of its cosine (arccos, whose slope grows without bound at |cos| = 1).
+_COS_SWITCH = 0.7
 
 
 def _two_product(b, u, v):
@@ -101,34 +120,58 @@ def _two_product(b, u, v):
     return p, ((uh * vh - p) + uh * vl + ul * vh) + ul * vl
 
 
-def input_angle(b, k, kxx, kyy):
-    """Angle ``theta = arccos(k / sqrt(kxx kyy))`` in ``[0, pi]``, accurate near ``|c| = 1``.
+def _angle_from(b, cos, sin):
+    """``theta`` from its cosine and sine: ``arccos`` where ``|cos| <= 0.7``, ``arcsin``
+    (or ``pi - arcsin``) elsewhere, so its error stays a few ulps given accurate ``sin``.
+    Both branches get arguments where their gradients are finite."""
+    xp = b.xp
+    middle = xp.abs(cos) <= _COS_SWITCH
+    by_cos = b.safe_arccos(xp.where(middle, cos, 0.0))
+    by_sin = xp.asin(xp.where(middle, 0.0, xp.clip(sin, max=1.0)))
+    return xp.where(middle, by_cos, xp.where(cos > 0, by_sin, math.pi - by_sin))
 
-    ``theta = atan2(sqrt(G), k)`` with the Gram determinant ``G = kxx kyy - k^2``
-    computed without cancellation from exact products (:func:`_two_product`; the two
-    leading products are within a factor 2 of each other near ``|c| = 1``, so their
-    difference is exact, Sterbenz). The error in ``theta`` is then a few ulps of
-    ``theta`` for the given ``k``, ``kxx``, ``kyy``, where ``arccos(fl(k / norm))``
-    is off by up to ``sqrt(2 eps)`` (1.5e-8 in float64) at ``|c| = 1``. What remains is
-    the rounding of ``k`` itself (a dot product): for inputs whose dot products are
-    exact (identical, integer-valued or power-of-2-scaled vectors) the angle is exact.
 
-    Differentiable: the error terms of the exact products have zero derivative, so the
-    gradient is that of ``atan2(sqrt(kxx kyy - k^2), k)``; the square root is guarded
-    (:meth:`Backend.safe_sqrt`), so at ``G = 0`` (parallel inputs, where ``theta`` has a
-    kink as a function of the inputs) the gradient is 0, a subgradient, and finite.
+def input_angle(b, k, kxx, kyy) -> Angle:
+    """Angle between x and x' from their covariance ``k`` and variances, accurate near
+    ``|c| = 1``.
+
+    The Gram determinant ``G = kxx kyy - k^2`` is computed without cancellation from
+    exact products (:func:`_two_product`; near ``|c| = 1`` the two leading products are
+    within a factor 2 of each other, so their difference is exact, Sterbenz), then
+    ``sin = sqrt(G) / norm`` and ``1 - cos = G / (norm (norm + k))`` (for ``k > 0``), and
+    the angle from whichever is well conditioned (:func:`_angle_from`). The error in
+    ``theta`` is a few ulps for the given ``k``, ``kxx``, ``kyy``, where
+    ``arccos(fl(k / norm))`` is off by up to ``sqrt(2 eps)`` (1.5e-8 in float64) at
+    ``|c| = 1``. What remains is the rounding of ``k`` itself (a dot product): for
+    inputs whose dot products are exact (identical, integer-valued or power-of-2-scaled
+    vectors) the angle is exact.
+
+    Differentiable (the gradient is that of ``atan2(sqrt(G), k)``, with ``G``'s derivative
+    taken from the plain products, the exact ones being constants); the square root is
+    guarded (:meth:`Backend.safe_sqrt`), so at ``G = 0`` (parallel inputs, where
+    ``theta`` has a kink as a function of the inputs) the gradient is 0, a finite
+    subgradient.
 
     Args:
         k: ``[...]`` covariances; kxx, kyy: variances broadcastable to ``k``, > 0. float.
     Returns:
-        ``[...]`` angle in radians, dtype of ``k``.
+        :class:`Angle` of ``[...]`` arrays in the dtype of ``k``.
     """
-    p1, e1 = _two_product(b, kxx, kyy)
-    p2, e2 = _two_product(b, k, k)
-    return b.xp.atan2(b.safe_sqrt((p1 - p2) + (e1 - e2)), k)
+    xp = b.xp
+    sg = b.stop_gradient
+    plain = kxx * kyy - k * k  # same derivative; its value loses digits near |c| = 1
+    p1, e1 = _two_product(b, sg(kxx), sg(kyy))
+    p2, e2 = _two_product(b, sg(k), sg(k))
+    gram = ((p1 - p2) + (e1 - e2)) + (plain - sg(plain))
+    norm = b.safe_sqrt(kxx) * b.safe_sqrt(kyy)
+    root = b.safe_sqrt(gram)
+    cos = xp.clip(k / norm, min=-1.0, max=1.0)
+    gap = xp.where(k > 0, xp.clip(gram, min=0.0) / (norm * (norm + xp.abs(k))), 1.0 - cos)
+    sin = xp.clip(root / norm, max=1.0)
+    return Angle(theta=_angle_from(b, cos, sin), gap=gap, sin=sin)
 
 
-def next_angle(b, theta, kxx, kyy, sw2: float, sb2: float):
+def next_angle(b, angle: Angle, kxx, kyy, sw2: float, sb2: float) -> Angle:
     """The angle after one ReLU + Dense step (:func:`relu_layer`), from the angle before it.
 
     With ``J(theta) = (sin theta + (pi - theta) cos theta) / pi`` (so ``c_next = J`` when
@@ -137,33 +180,32 @@ def next_angle(b, theta, kxx, kyy, sw2: float, sb2: float):
 
         1 - c_next = (a sb2 (sqrt(kxx) - sqrt(kyy))^2 / (N + a norm + sb2)
                       + a norm (1 - J(theta))) / N
-        1 - J(theta) = (2 pi sin^2(theta/2) - (sin theta - theta cos theta)) / pi
-        theta_next = 2 asin(sqrt((1 - c_next) / 2))
+        1 - J(theta) = (pi (1 - cos theta) - (sin theta - theta cos theta)) / pi
+        sin theta_next = sqrt((1 - c_next) (1 + c_next))
 
-    Every term is a sum of non-negative parts, so ``theta_next`` keeps the accuracy of
-    ``theta`` (recomputing ``arccos`` from the rounded next covariances would lose it:
-    half the digits at ``|c| = 1``). ``c_next >= 0`` after a ReLU, so ``asin`` is
-    evaluated on ``[0, 0.71]`` where it is well conditioned. Differentiable, with the
-    square root guarded as in :func:`input_angle`.
+    Every term is a sum of non-negative parts, so the next angle keeps the accuracy of
+    this one (recomputing ``arccos`` from the rounded next covariances would lose half
+    the digits at ``|c| = 1``). Differentiable, square roots guarded.
 
     Args:
-        theta: ``[...]`` angle before the step (radians); kxx, kyy: variances before
-            the step, broadcastable, > 0.
+        angle: the angle before the step; kxx, kyy: variances before the step,
+            broadcastable, > 0.
     Returns:
-        ``[...]`` angle after the step.
+        :class:`Angle` after the step.
     """
     xp = b.xp
     a = 0.5 * sw2
-    rx, ry = xp.sqrt(kxx), xp.sqrt(kyy)
+    theta, cos = angle.theta, 1.0 - angle.gap
+    rx, ry = b.safe_sqrt(kxx), b.safe_sqrt(kyy)
     norm = rx * ry
-    half = xp.sin(0.5 * theta)
-    one_minus_j = (2 * math.pi * half * half - (xp.sin(theta) - theta * xp.cos(theta))) / math.pi
+    one_minus_j = (math.pi * angle.gap - (angle.sin - theta * cos)) / math.pi
     n = xp.sqrt((a * kxx + sb2) * (a * kyy + sb2))
     gap = a * norm * xp.clip(one_minus_j, min=0.0)
     if sb2:
         gap = gap + a * sb2 * (rx - ry) ** 2 / (n + a * norm + sb2)
-    delta = xp.clip(gap / n, max=1.0)
-    return 2.0 * xp.asin(b.safe_sqrt(0.5 * delta))
+    gap = xp.clip(gap / n, max=1.0)  # c_next >= 0 after a ReLU
+    sin = b.safe_sqrt(gap * (2.0 - gap))
+    return Angle(theta=_angle_from(b, 1.0 - gap, sin), gap=gap, sin=sin)
 
 
 def _floor(xp, v):
@@ -205,11 +247,12 @@ class FCKernel(Kernel):
         else:
             kxx = (self.sw2 * xp.sum(x1 * x1, axis=1) / d + self.sb2)[:, None]
             kyy = (self.sw2 * xp.sum(x2 * x2, axis=1) / d + self.sb2)[None, :]
-        theta = input_angle(b, k, kxx, kyy)
+        angle = input_angle(b, k, kxx, kyy)
         ntk = k
-        for _ in range(self.depth):
-            k_next, kdot, kxx_next, kyy_next = relu_layer(b, k, kxx, kyy, self.sw2, self.sb2, theta=theta)
-            theta = next_angle(b, theta, kxx, kyy, self.sw2, self.sb2)
+        for layer in range(self.depth):
+            k_next, kdot, kxx_next, kyy_next = relu_layer(b, k, kxx, kyy, self.sw2, self.sb2, angle)
+            if layer + 1 < self.depth:
+                angle = next_angle(b, angle, kxx, kyy, self.sw2, self.sb2)
             k, kxx, kyy = k_next, kxx_next, kyy_next
             ntk = k + kdot * ntk
         return k, ntk

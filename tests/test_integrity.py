@@ -271,7 +271,7 @@ def test_forged_but_malformed_artifact_names_the_field(case, tmp_path):
 
 
 CHECKPOINT_MALFORMED = {
-    "guard-ridge": ("guard.ridge", lambda a, m: m["guard"].pop("ridge")),
+    "guard-ridge": ("guard.ridge: expected a finite number > 0, but it is missing", lambda a, m: m["guard"].pop("ridge")),
     "guard-lr": ("guard.lr", lambda a, m: m["guard"].update(lr=0)),
     "guard-retries": ("guard.retries", lambda a, m: m["guard"].update(retries="2")),
     "step": ("step", lambda a, m: m.update(step=-1)),
@@ -446,7 +446,7 @@ def test_sealed_json_round_trip_and_refusals(tmp_path):
     for key in ("mean", "runs", "format"):
         edited = {**stored, key: mutate(stored[key])}
         path.write_text(json.dumps(edited))
-        with pytest.raises(KdistillError, match=f"failed its checksum for metadata fields {key}"):
+        with pytest.raises(KdistillError, match=f"failed its checksum for fields {key}: "):
             safeio.read_json_sealed(path, what="NN result")
     path.write_text(json.dumps({k: v for k, v in stored.items() if k != "integrity"}))
     with pytest.raises(ArtifactError, match="has no integrity record.*re-run the command that wrote it"):

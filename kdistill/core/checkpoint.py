@@ -210,8 +210,11 @@ def _validate(name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) ->
     Raises:
         CheckpointError: naming the first malformed field or entry.
     """
+    missing = object()
+
     def bad(field: str, expected: str, value: Any = None, show: bool = True) -> CheckpointError:
         got = f", got {value!r}" if show and len(repr(value)) <= 80 else f", got a {type(value).__name__}"
+        got = ", but it is missing" if value is missing else got
         return CheckpointError(f"{name!r} has a malformed field {field}: expected {expected}{got}")
 
     kinds = {"kdistill_version": (str, "a string"), "step": (int, "an integer >= 0"),
@@ -235,7 +238,7 @@ def _validate(name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) ->
     hist = meta["history"]
     for key in HISTORY_KEYS:
         if not isinstance(hist.get(key), list):
-            raise bad(f"history.{key}", "a list", hist.get(key))
+            raise bad(f"history.{key}", "a list", hist.get(key, missing))
     for group in (("step", "loss"), ("eval_step", "eval_acc", "eval_seconds")):
         lengths = {k: len(hist[k]) for k in group}
         if len(set(lengths.values())) > 1:
@@ -243,9 +246,9 @@ def _validate(name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) ->
     guard = meta["guard"]
     for key in ("ridge", "lr"):
         if not (_is_finite(guard.get(key)) and guard[key] > 0):
-            raise bad(f"guard.{key}", "a finite number > 0", guard.get(key))
+            raise bad(f"guard.{key}", "a finite number > 0", guard.get(key, missing))
     if not (_is_int(guard.get("retries")) and guard["retries"] >= 0):
-        raise bad("guard.retries", "an integer >= 0", guard.get("retries"))
+        raise bad("guard.retries", "an integer >= 0", guard.get("retries", missing))
     if not isinstance(guard.get("events", []), list):
         raise bad("guard.events", "a list", guard.get("events"))
     elapsed = meta.get("elapsed_seconds", 0.0)

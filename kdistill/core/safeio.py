@@ -180,7 +180,8 @@ def verify_integrity(
         return sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
 
     bad_fields, bad_arrays = differing("fields"), differing("arrays")
-    parts = ([f"metadata fields {', '.join(bad_fields)}"] if bad_fields else []) + (
+    noun = "metadata fields" if arrays is not None else "fields"
+    parts = ([f"{noun} {', '.join(bad_fields)}"] if bad_fields else []) + (
         [f"entries {', '.join(bad_arrays)}"] if bad_arrays else [])
     detail = "; ".join(parts) if parts else "its integrity record (the record itself was edited)"
     raise error(

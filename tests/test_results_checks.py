@@ -565,3 +565,17 @@ def test_artifact_without_fingerprint_is_checked_on_sizes(mnist_run, tmp_path):
 
 def test_errors_are_kdistill_errors():
     assert issubclass(DataError, KdistillError) and issubclass(NumericalError, KdistillError)
+
+
+def test_krr_messages_show_numbers_as_written(registry, digits_subset):
+    from kdistill.core.krr import krr_predict
+    from kdistill.plugins.kernels.rbf import RBFKernel
+
+    data, idx = digits_subset
+    b = registry.backend("jax")
+    solver = registry.get("solvers", "exact").factory().bind(b)
+    args = (RBFKernel().bind(b), solver, data.x_train[idx], data.Y_train[idx], data.x_test)
+    with pytest.raises(ConfigError, match=r"ridge must be a finite number >= 0, got -1\.0$"):
+        krr_predict(*args, np.float32(-1))
+    with pytest.raises(ConfigError, match=r"block_size must be an integer >= 1, got 0$"):
+        krr_predict(*args, 1e-6, block_size=np.int64(0))

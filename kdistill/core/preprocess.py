@@ -142,7 +142,8 @@ class RegularizedZCA:
         as a fraction of the mean eigenvalue (0.1 as in KIP/RFAD; small values whiten
         fully)."""
         if not strength > 0:
-            raise ConfigError(f"zca strength must be > 0, got {strength!r}")
+            shown = strength.item() if isinstance(strength, np.generic) else strength
+            raise ConfigError(f"zca strength must be > 0, got {shown!r}")
         n = len(x_train)
         d = int(np.prod(x_train.shape[1:]))
         total, gram, means, stds = np.zeros(d), np.zeros((d, d)), [], []

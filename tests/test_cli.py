@@ -205,3 +205,64 @@ def test_malformed_config_file(tmp_path):
     conf.write_text("ipc = [\n")
     result = run_cli("distill", "--config", str(conf), "--no-progress", "--out", str(tmp_path / "run"))
     assert_usage_error(result, "malformed TOML config")
+
+
+# ------------------------------------------------------------ issue 15
+
+
+def test_component_flag_on_a_config_keeps_or_resets_its_settings(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('steps = 1\nipc = 1\ntarget_batch = 200\neval_every = 0\n'
+                    '[kernel]\nname = "fc"\nkind = "nngp"\ndepth = 3\n')
+    same = run_cli("distill", "--config", str(conf), "--kernel", "fc", "--no-progress", "--no-grid",
+                   "--out", str(tmp_path / "same"))
+    assert same.exit_code == 0, same.output
+    saved = DistillConfig.from_file(tmp_path / "same" / "config.toml")
+    assert saved.kernel.to_dict() == {"name": "fc", "kind": "nngp", "depth": 3}  # not depth 1
+    assert "note:" not in same.stderr
+    assert kdistill.load(tmp_path / "same" / "distilled.npz").metrics["kernel"]["depth"] == 3
+    other = run_cli("distill", "--config", str(conf), "--kernel", "rbf", "--no-progress", "--no-grid",
+                    "--out", str(tmp_path / "other"))
+    assert other.exit_code == 0, other.output
+    assert "note: kernel 'rbf' replaces the configured kernel 'fc'" in other.stderr
+    assert "drops its settings (kind='nngp', depth=3)" in other.stderr
+    assert DistillConfig.from_file(tmp_path / "other" / "config.toml").kernel.to_dict() == {"name": "rbf"}
+
+
+def test_non_utf8_config_exits_2(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_bytes(b"ipc = 1\n# \xff\xfe\n")
+    result = run_cli("distill", "--config", str(conf), *FAST, "--out", str(tmp_path / "run"))
+    assert_usage_error(result, "is not UTF-8 text (byte 0xff at offset 10)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--config", "--data-dir"])
+def test_over_long_paths_exit_2(flag, tmp_path):
+    long = str(tmp_path / ("x" * 300))
+    args = ["--dataset", "mnist"] if flag == "--data-dir" else []
+    result = run_cli("distill", *FAST, *args, flag, long, *([] if flag == "--out" else ["--out", str(tmp_path / "r")]))
+    assert_usage_error(result, "has a name of 300 bytes", "use a shorter path")
+    assert "Errno 36" not in result.output
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), ("[1]", "[1]"), ("0", "0")])
+def test_evaluate_bad_test_size_exits_2(kip_out, value, shown):
+    out, _ = kip_out
+    result = run_cli("evaluate", str(out), "-s", f"test_size={value}")
+    assert_usage_error(result, f"test_size must be an integer >= 1, got {shown}")
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_baseline_bad_seed_exits_2(kip_out, seed, tmp_path):
+    out, _ = kip_out
+    result = run_cli("baseline", str(out), "--seed", seed, "--out", str(tmp_path / "b"))
+    assert_usage_error(result, f"seed must be an integer from 0 to 4294967295, got {seed}")
+    assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_kernel_flag_keeps_the_artifacts_kernel_parameters(kip_out):
+    out, _ = kip_out  # distilled with kernel.depth=2
+    result = run_cli("evaluate", str(out), "--kernel", "fc", "-s", "test_size=50")
+    assert result.exit_code == 0, result.output
+    assert "kernel {'name': 'fc', 'kind': 'ntk', 'depth': 2}, 50 test images" in result.stdout, result.stdout

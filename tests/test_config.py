@@ -345,3 +345,73 @@ def test_config_error_is_value_error():
     with pytest.raises(ValueError):
         DistillConfig(ipc=-1)
     assert math.isclose(DistillConfig(lr=1).lr, 1.0)
+
+
+# ---------------------------------------------------- component named by flag (issue 15)
+
+
+def test_component_name_keeps_the_configs_parameters_when_it_is_the_same_component():
+    base = DistillConfig.from_dict({"kernel": {"name": "fc", "depth": 3, "kind": "nngp"},
+                                    "solver": {"name": "cholesky"}})
+    notices: list[str] = []
+    same = base.with_overrides({"kernel": "fc", "solver": "cholesky"}, notices)
+    assert same.kernel == ComponentSpec(name="fc", params={"depth": 3, "kind": "nngp"})  # not depth 1
+    assert notices == []
+    other = base.with_overrides({"kernel": "rbf"}, notices)
+    assert other.kernel == ComponentSpec(name="rbf", params={})
+    assert len(notices) == 1
+    assert "kernel 'rbf' replaces the configured kernel 'fc'" in notices[0]
+    assert "depth=3, kind='nngp'" in notices[0] and "-s kernel.PARAM=VALUE" in notices[0]
+    # an unset eval kernel means the training kernel: naming it keeps its parameters
+    assert base.with_overrides({"eval_kernel": "fc"}).eval_kernel == base.kernel
+    # -s kernel.name=... says so too
+    notices.clear()
+    base.with_overrides(["kernel.name=rbf"], notices)
+    assert len(notices) == 1 and "drops its settings (depth=3, kind='nngp')" in notices[0]
+
+
+# ---------------------------------------------------- files and values (issue 15, §5)
+
+
+def test_non_utf8_config_file_is_a_config_error(tmp_path):
+    from kdistill.api import make_config
+
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("ipc = 1\n# caf\xe9\n".encode("latin-1"))
+    for load in (DistillConfig.from_file, make_config):
+        with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xe9 at offset 13\).*re-save it as UTF-8"):
+            load(path)
+        with pytest.raises(ConfigError, match="is not UTF-8"):
+            load(str(path))
+
+
+def test_over_long_paths_are_config_errors(tmp_path):
+    long_name = tmp_path / ("c" * 300 + ".toml")
+    with pytest.raises(ConfigError, match=r"has a name of 305 bytes .*use a shorter path"):
+        DistillConfig.from_file(long_name)
+    with pytest.raises(ConfigError, match=r"data_dir .*has a name of 300 bytes"):
+        DistillConfig(dataset="mnist", data_dir=str(tmp_path / ("d" * 300)))
+    deep = "/".join(["d" * 200] * 25)  # every name fits, the whole path does not
+    with pytest.raises(ConfigError, match=r"data_dir .* bytes long as an absolute path; at most"):
+        DistillConfig(dataset="mnist", data_dir=deep)
+    assert DistillConfig(data_dir=str(tmp_path / ("d" * 200))).data_dir.endswith("d" * 200)
+
+
+def test_numpy_numbers_are_accepted_and_shown_as_written():
+    import numpy as np
+
+    cfg = DistillConfig(ipc=np.int64(2), lr=np.float32(0.5), seed=np.int32(3))
+    assert (cfg.ipc, cfg.seed) == (2, 3) and type(cfg.ipc) is int
+    assert DistillConfig.from_toml(cfg.to_toml()) == cfg  # TOML-serializable
+    with pytest.raises(ConfigError) as info:
+        DistillConfig(ipc=np.int64(0))
+    assert str(info.value) == "ipc must be an integer >= 1, got 0"
+    with pytest.raises(ConfigError, match=r"got -1\.0$"):
+        DistillConfig(lr=np.float64(-1))
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), ([1], "[1]"), (0, "0"), (1.5, "1.5")])
+def test_test_size_override_must_be_a_positive_integer(value, shown):
+    with pytest.raises(ConfigError) as info:
+        DistillConfig().with_overrides({"test_size": value})
+    assert str(info.value) == f"test_size must be an integer >= 1, got {shown}"

@@ -33,6 +33,45 @@ def test_solve_matches_numpy_with_relative_ridge(backend, rng, solver):
     np.testing.assert_allclose(alpha, expected, rtol=1e-10)
 
 
+@pytest.mark.parametrize("consistent", [True, False], ids=["y-in-range", "y-generic"])
+def test_exact_solver_detects_singular_systems_on_every_lapack(backend, rng, consistent):
+    """K = B B^T with B [8, 3] is singular (rank 3 of 8); with ridge 0 the exact solver
+    must say so whatever LAPACK returns for it: some LU implementations return NaN,
+    others (MKL on Intel, and here for a consistent right-hand side) finite numbers.
+    The decision comes from the LU pivots (min <= n eps max): eager calls raise,
+    traced calls give NaN for the distillation loop's recovery. A well-conditioned
+    system with the same code is solved to rounding (negative control)."""
+    b_ = rng.standard_normal((8, 3))
+    k = b_ @ b_.T
+    y = k @ rng.standard_normal((8, 2)) if consistent else rng.standard_normal((8, 2))
+    solver = ExactSolver().bind(backend)
+    with pytest.raises(NotPositiveDefiniteError, match="singular.*raise the relative ridge"):
+        solver.solve(backend.asarray(k, "float64"), backend.asarray(y, "float64"), 0.0)
+    traced = backend.jit(lambda a, r: solver.solve(a, r, 0.0))
+    if backend.name == "jax":  # under jit the values are unknown until run: NaN, not an error
+        out = backend.to_numpy(traced(backend.asarray(k, "float64"), backend.asarray(y, "float64")))
+        assert np.isnan(out).all()
+    good = k + np.eye(8)  # eigenvalues >= 1: cond(good) <= 1 + ||k||
+    alpha = backend.to_numpy(solver.solve(backend.asarray(good, "float64"), backend.asarray(y, "float64"), 0.0))
+    cond = np.linalg.cond(good)
+    np.testing.assert_allclose(good @ alpha, y, atol=8 * 8 * np.finfo(float).eps * cond * np.abs(y).max())
+
+
+def test_cholesky_pivot_check_triggers_jitter_for_singular_psd(backend, rng):
+    """A numerically singular PSD matrix whose plain Cholesky may succeed with a
+    rounding-size pivot (LAPACK-dependent) is not accepted as is: the factor's pivots
+    decide (L_ii^2 > n eps max), so the jitter is applied on every CPU. Checked through
+    the factor: L L^T equals K plus a positive multiple of the identity, not K."""
+    b_ = rng.standard_normal((8, 3))
+    k = b_ @ b_.T
+    chol, ok = backend.psd_cholesky(backend.asarray(k, "float64"))
+    assert bool(ok)
+    l_ = backend.to_numpy(chol)
+    shift = np.diag(l_ @ l_.T - k)
+    rounding = 4 * 8 * np.finfo(float).eps * np.abs(k).max()  # of L L^T - K, n = 8
+    assert (shift > 10 * rounding).all() and np.ptp(shift) <= rounding
+
+
 def test_cholesky_jitter_rescues_rank_deficient(backend, rng):
     """Rank 5 of 30 with zero ridge is singular; the jitter retry makes it solvable."""
     k = spd(rng, 30, rank=5)

@@ -143,13 +143,42 @@ class Backend(ABC):
         """Cholesky factor of a symmetric PD matrix, with a bounded jitter retry.
 
         Tries ``a + j * mean(diag(a)) * I`` for ``j`` in :data:`CHOLESKY_JITTERS` and
-        keeps the first finite factor.
+        keeps the first factor whose pivots ``L_ii^2`` pass :meth:`pivots_ok` (finite
+        and not numerically singular, whatever the LAPACK returns for a singular matrix).
 
         Args:
             a: ``[n, n]`` float64, symmetric.
         Returns:
             ``(L, ok)``: lower-triangular ``[n, n]`` and a boolean scalar, False when
             every jitter failed (``L`` is then NaN).
+        """
+
+    def pivots_ok(self, pivots: Any) -> Any:
+        """Scalar boolean: a factorization with these pivots is numerically nonsingular.
+
+        True when every pivot is finite and ``min(pivots) > n eps max(pivots)`` (the
+        rank tolerance of LAPACK's rank-revealing routines). An exactly singular matrix
+        has a pivot that is zero in exact arithmetic and of rounding size in floating
+        point, where LAPACK may or may not return NaN (MKL on Intel returns finite
+        numbers), so singularity is decided here, the same on every CPU.
+
+        Args:
+            pivots: ``[n]`` non-negative magnitudes: ``|U_ii|`` of an LU factor or
+                ``L_ii^2`` of a Cholesky factor.
+        """
+        xp = self.xp
+        n = pivots.shape[-1]
+        eps = float(np.finfo(self.dtype_name(pivots)).eps)
+        return xp.all(xp.isfinite(pivots)) & (xp.min(pivots) > n * eps * xp.max(pivots))
+
+    @abstractmethod
+    def lu_solve(self, a: Any, b: Any) -> tuple[Any, Any]:
+        """Solve ``a x = b`` by LU with partial pivoting; differentiable.
+
+        Args:
+            a: ``[n, n]`` float64; b: ``[n, k]``.
+        Returns:
+            ``(x, pivots)``: ``[n, k]`` and ``[n]`` ``|U_ii|`` for :meth:`pivots_ok`.
         """
 
     @abstractmethod

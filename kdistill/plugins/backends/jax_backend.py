@@ -151,8 +151,8 @@ class JaxBackend(Backend):
         eye = jnp.eye(n, dtype=a.dtype)
         jitters = jnp.asarray(CHOLESKY_JITTERS, dtype=a.dtype) * jnp.mean(jnp.diagonal(a))
 
-        def finite(chol):
-            return jnp.all(jnp.isfinite(chol))
+        def finite(chol):  # finite and numerically nonsingular
+            return self.pivots_ok(jnp.diagonal(chol) ** 2) & jnp.all(jnp.isfinite(chol))
 
         def retry(_):
             # find the first working jitter without gradients (while_loop is not
@@ -168,6 +168,12 @@ class JaxBackend(Backend):
         first = jnp.linalg.cholesky(a)
         chol = lax.cond(finite(first), lambda _: first, retry, None)
         return chol, finite(chol)
+
+    def lu_solve(self, a, b):
+        from jax.scipy.linalg import lu_factor, lu_solve
+
+        lu, piv = lu_factor(a)
+        return lu_solve((lu, piv), b), self.xp.abs(self.xp.diagonal(lu))
 
     def cho_solve(self, chol, b):
         from jax.scipy.linalg import cho_solve

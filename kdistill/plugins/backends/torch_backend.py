@@ -165,9 +165,14 @@ class TorchBackend(Backend):
         eye = torch.eye(n, dtype=a.dtype)
         for jitter in CHOLESKY_JITTERS:
             chol, info = torch.linalg.cholesky_ex(a + jitter * scale * eye)
-            if int(info) == 0 and bool(torch.isfinite(chol).all()):
+            if int(info) == 0 and bool(self.pivots_ok(torch.diagonal(chol) ** 2)) and bool(torch.isfinite(chol).all()):
                 return chol, torch.tensor(True)
         return torch.full_like(a, float("nan")), torch.tensor(False)
+
+    def lu_solve(self, a, b):
+        torch = self._torch
+        lu, piv, _ = torch.linalg.lu_factor_ex(a)  # no error on singular input: pivots decide
+        return torch.linalg.lu_solve(lu, piv, b), torch.diagonal(lu).abs()
 
     def cho_solve(self, chol, b):
         return self._torch.cholesky_solve(b, chol)

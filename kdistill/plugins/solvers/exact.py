@@ -1,4 +1,4 @@
-"""Exact KRR solve by LU factorization (``linalg.solve``), float64, O(n_s^3)."""
+"""Exact KRR solve by LU factorization with partial pivoting, float64, O(n_s^3)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from kdistill.core.errors import NotPositiveDefiniteError
 class ExactSolver(Solver):
     """``alpha = solve(K_ss + lam tr(K_ss)/n_s I, y)`` with a general LU solve.
 
-    No jitter: a singular system gives non-finite values (JAX), which the distillation
-    loop reports, or :class:`NotPositiveDefiniteError` where the backend detects it
-    (torch). Use ``cholesky`` for automatic jitter.
+    No jitter: a numerically singular system (an LU pivot at or below ``n eps`` times
+    the largest, :meth:`Backend.pivots_ok`; decided from the pivots, not from whether
+    LAPACK happened to return NaN) raises :class:`NotPositiveDefiniteError` in eager
+    calls and gives NaN under ``jit``, which the distillation loop reports and recovers
+    from with a raised ridge. Use ``cholesky`` for automatic jitter.
     """
 
     def solve(self, k_ss, y, ridge):
@@ -22,10 +24,14 @@ class ExactSolver(Solver):
         xp = b.xp
         n = k_ss.shape[0]
         a = k_ss + relative_ridge(b, k_ss, ridge) * xp.eye(n, dtype=k_ss.dtype)
-        try:
-            return xp.linalg.solve(a, y)
-        except RuntimeError as exc:  # torch.linalg.LinAlgError: exactly singular
+        alpha, pivots = b.lu_solve(a, y)
+        ok = b.pivots_ok(pivots)
+        if not b.is_concrete(ok):
+            return xp.where(ok, alpha, float("nan"))
+        if not bool(ok):
             raise NotPositiveDefiniteError(
-                f"K_ss + ridge*I ({n}x{n}) is singular ({exc}); raise the relative ridge "
-                f"(now {ridge:g}) or use the cholesky solver, which adds a bounded jitter"
-            ) from exc
+                f"K_ss + ridge*I ({n}x{n}) is singular (smallest LU pivot "
+                f"{float(xp.min(pivots)):.3g}, largest {float(xp.max(pivots)):.3g}); raise the relative "
+                f"ridge (now {ridge:g}) or use the cholesky solver, which adds a bounded jitter"
+            )
+        return alpha

@@ -297,3 +297,14 @@ def test_too_long_output_path_is_a_clear_error(tmp_path):
     assert res.exception is None or isinstance(res.exception, SystemExit)
     with pytest.raises(KdistillError, match="use a shorter path"):
         kdistill.distill(steps=1, run_dir=tmp_path / ("a" * 300), **FAST)
+
+
+def test_nn_evaluation_into_a_locked_run_directory_is_refused_before_training(tmp_path):
+    from kdistill.core.rundir import RunDirectory
+
+    kdistill.distill(steps=1, **FAST).save(tmp_path / "distilled.npz")
+    with RunDirectory(tmp_path, mode="update"):  # as a running command holds it
+        res = run_cli("evaluate", str(tmp_path), "--nn", "fc", "-p", "steps=2", "--seeds", "0", "--no-progress")
+    assert res.exit_code == 2, res.output
+    assert "in use by another kdistill command" in res.stderr and f"PID {os.getpid()}" in res.stderr
+    assert names(tmp_path) == ["distilled.npz"]  # no nn_fc.json, no lock files left

@@ -141,7 +141,9 @@ class RunDirectory:
                 raise RunDirectoryError(f"{what} {short_path(path)} is a file, not a directory; choose a directory")
             if not path.exists():
                 if self.mode == "resume":
-                    raise CheckpointError(f"cannot resume: there is no run directory {short_path(path)}")
+                    from kdistill.core.checkpoint import read_checkpoint
+
+                    read_checkpoint(path)  # raises CheckpointError: "cannot resume: no checkpoint ..."
                 if self.mode == "update":
                     raise RunDirectoryError(f"{what} {short_path(path)} does not exist")
                 path.mkdir(parents=True)
@@ -221,8 +223,10 @@ class RunDirectory:
         if self.overwrite:
             return
         if (self.path / "checkpoint.npz").exists():
+            others = [p.name for p in entries if p.name != "checkpoint.npz"]
+            beside = f", beside {', '.join(others[:8])}" if others else ""
             raise CheckpointError(
-                f"{where} already holds a checkpoint (checkpoint.npz) of a previous run ({names}); continue it "
+                f"{where} already holds a checkpoint (checkpoint.npz) of a previous run{beside}; continue it "
                 f"with `kdistill distill --resume {self.path}` (Python: resume=True), replace the old run with "
                 "--overwrite (Python: overwrite=True), or choose another run directory"
             )

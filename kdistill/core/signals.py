@@ -5,6 +5,10 @@ SIGTERM (``kill``, a batch scheduler's pre-emption) only records the request; th
 loop checks :attr:`StopRequest.signum` after each step, writes a checkpoint and
 raises :class:`kdistill.core.errors.RunInterrupted`. A second signal while the step
 finishes gives up waiting and raises ``KeyboardInterrupt`` at once (no checkpoint).
+
+:class:`InterruptNow` is for the final evaluation, which runs after the last step's
+checkpoint is on disk: there the first signal stops the evaluation at once with
+``RunInterrupted`` (``--resume`` then only evaluates again).
 """
 
 from __future__ import annotations

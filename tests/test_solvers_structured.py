@@ -58,8 +58,14 @@ class FeaturesOnly(LinearFeatures):
 
 
 def closed_form(phi_s, phi_t, y, ridge):
+    """KRR predictions with the relative ridge; the reference is solved in whichever space
+    is well conditioned (primal ``D x D`` when D < n, where ``K`` itself is rank-deficient
+    and its solve loses digits that depend on the BLAS; dual otherwise)."""
     k = phi_s @ phi_s.T
     lam = ridge * np.trace(k) / len(k)
+    d = phi_s.shape[1]
+    if d < len(k):
+        return phi_t @ np.linalg.solve(phi_s.T @ phi_s + lam * np.eye(d), phi_s.T @ y)
     return phi_t @ phi_s.T @ np.linalg.solve(k + lam * np.eye(len(k)), y)
 
 

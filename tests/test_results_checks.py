@@ -31,6 +31,7 @@ import kdistill  # noqa: E402
 from kdistill.cli import main  # noqa: E402
 from kdistill.core.artifact import DistilledSet  # noqa: E402
 from kdistill.core.errors import ArtifactError, ConfigError, DataError, KdistillError, NumericalError  # noqa: E402
+from kdistill.core.safeio import write_json_sealed  # noqa: E402
 from kdistill.nn.protocol import NNProtocol  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def write_run(root: Path, art, results=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     art.save(root / "distilled.npz")
     for model, res in (results or {}).items():
-        (root / f"nn_{model}.json").write_text(json.dumps(res))
+        write_json_sealed(root / f"nn_{model}.json", res)
     return root
 
 
@@ -579,3 +580,25 @@ def test_krr_messages_show_numbers_as_written(registry, digits_subset):
         krr_predict(*args, np.float32(-1))
     with pytest.raises(ConfigError, match=r"block_size must be an integer >= 1, got 0$"):
         krr_predict(*args, 1e-6, block_size=np.int64(0))
+
+
+def test_nn_result_is_sealed_and_edits_are_refused(tmp_path):
+    """nn_*.json carries an integrity record: a result whose accuracies were all edited
+    consistently (mean and std recomputed, so the structural checks pass) or whose record
+    was removed is refused by the report, naming the file."""
+    from kdistill.nn.train import read_result
+
+    art = make_set()
+    run = write_run(tmp_path / "run", art, {"fc": make_result(art)})
+    assert read_result(run / "nn_fc.json")["mean"] == pytest.approx(0.625)
+    sealed = json.loads((run / "nn_fc.json").read_text())
+    edited = {**sealed, "test_acc": [0.999, 0.999], "mean": 0.999, "std": 0.0}
+    edited["runs"] = [{**r, "test_acc": 0.999, "curve_acc": [0.999]} for r in sealed["runs"]]
+    (run / "nn_fc.json").write_text(json.dumps(edited))
+    with pytest.raises(ArtifactError, match="failed its checksum"):
+        read_result(run / "nn_fc.json")
+    assert_cli_error(run_cli("report", run), "nn_fc.json")
+    unsealed = {k: v for k, v in sealed.items() if k != "integrity"}
+    (run / "nn_fc.json").write_text(json.dumps(unsealed))
+    with pytest.raises(ArtifactError, match="no integrity record"):
+        read_result(run / "nn_fc.json")

@@ -135,7 +135,7 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
 
     from kdistill.core.artifact import load
     from kdistill.core.evaluate import DataMismatchWarning
-    from kdistill.core.safeio import write_text_atomic
+    from kdistill.core.safeio import write_json_sealed
     from kdistill.nn.train import evaluate_nn
 
     path = _artifact_path(artifact)
@@ -160,7 +160,7 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
         res["artifact"] = str(path)
         res["command"] = " ".join(["kdistill", *sys.argv[1:]]) if sys.argv else ""
         target = Path(out) if out else path.parent / f"nn_{model}.json"
-        write_text_atomic(target, json.dumps(res, indent=1))
+        write_json_sealed(target, res)
     except (KdistillError, OSError, ValueError) as exc:
         _fail(exc)
     accs = ", ".join(f"{100 * a:.2f}" for a in res["test_acc"])

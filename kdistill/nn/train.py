@@ -377,8 +377,9 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     ``diverged`` is set when any run diverged (files of older kdistill versions).
 
     Raises:
-        ArtifactError: not a readable result file, a newer format, or a malformed or
-            edited one (the message names the file and the field).
+        ArtifactError: not a readable result file, no integrity record or content that
+            differs from it (:func:`kdistill.core.safeio.write_json_sealed` writes it), a
+            newer format, or a malformed one (the message names the file and the field).
     """
     import json
 
@@ -392,6 +393,11 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(res, dict) or res.get("format") != RESULT_FORMAT:
         raise ArtifactError(f"{str(path)!r} is not a kdistill NN result (no \"format\": \"{RESULT_FORMAT}\"); "
                             "remove it or rewrite it with `kdistill evaluate --nn`")
+    from kdistill.core.safeio import INTEGRITY_KEY, verify_integrity
+
+    verify_integrity(str(path), res, None, ArtifactError, "NN result",
+                     legacy_hint="rewrite it with `kdistill evaluate --nn` to get a verifiable result")
+    res = {k: v for k, v in res.items() if k != INTEGRITY_KEY}
     version = res.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ArtifactError(f"{what} has a malformed format_version (got {json.dumps(version)}, expected an "

@@ -242,12 +242,12 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
 
         with contextlib.ExitStack() as stack:
             if nn_out is None:  # nn_<model>.json goes into the run directory: not while a run writes there
-                from kdistill.core.rundir import RunDirectory
+                from kdistill.nn.commands import run_dir_lock
 
                 run_dir = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
                 try:
                     if run_dir.is_dir():
-                        stack.enter_context(RunDirectory(run_dir, mode="update", what="run directory"))
+                        stack.enter_context(run_dir_lock(run_dir))
                 except KdistillError as exc:
                     _fail(exc)
             evaluate_nn_command(artifact, nn_model, protocol_file, nn_sets, seeds, data_dir, nn_out, nn_progress,

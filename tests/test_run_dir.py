@@ -308,3 +308,18 @@ def test_nn_evaluation_into_a_locked_run_directory_is_refused_before_training(tm
     assert res.exit_code == 2, res.output
     assert "in use by another kdistill command" in res.stderr and f"PID {os.getpid()}" in res.stderr
     assert names(tmp_path) == ["distilled.npz"]  # no nn_fc.json, no lock files left
+
+
+@pytest.mark.parametrize("command", [["baseline", "{run}", "--kind", "random"], ["report", "{run}"]])
+def test_baseline_and_report_into_a_locked_run_directory_are_refused(tmp_path, command):
+    """``baseline`` (writing RUN/baselines/) and ``report`` (RUN/report.*) take the same
+    lock as a run: while another command holds it they stop at once, naming its PID,
+    and write nothing."""
+    from kdistill.core.rundir import RunDirectory
+
+    kdistill.distill(steps=1, **FAST).save(tmp_path / "distilled.npz")
+    with RunDirectory(tmp_path, mode="update"):  # as a running command holds it
+        res = run_cli(*[c.format(run=tmp_path) for c in command])
+    assert res.exit_code == 2, res.output
+    assert "in use by another kdistill command" in res.stderr and f"PID {os.getpid()}" in res.stderr
+    assert names(tmp_path) == ["distilled.npz"]

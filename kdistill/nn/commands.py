@@ -7,6 +7,7 @@ group in :mod:`kdistill.cli`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -35,6 +36,15 @@ def _warn_old_thread_variable() -> None:
     if "KDISTILL_TORCH_THREADS" in os.environ:
         click.secho("warning: KDISTILL_TORCH_THREADS is no longer read; use --threads N "
                     "(torch, BLAS and XLA alike)", fg="yellow", err=True)
+
+
+def run_dir_lock(run_dir: Path):
+    """The run directory's exclusive lock (:class:`kdistill.core.rundir.RunDirectory`,
+    ``update`` mode), held while a command adds files to a run: not while a run or
+    another command writes there (:class:`RunDirectoryInUse` names its PID)."""
+    from kdistill.core.rundir import RunDirectory
+
+    return RunDirectory(run_dir, mode="update", what="run directory")
 
 
 def _artifact_path(artifact: str) -> Path:
@@ -192,15 +202,19 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_misma
 
     path = _artifact_path(artifact)
     try:
-        apply_threads(threads)
-        art = load(path)
-        sets = baselines_for(art, kinds or BASELINES, seed=seed,
-                             overrides={"data_dir": data_dir} if data_dir else None,
-                             check_data=not allow_data_mismatch)
-        root = Path(out_dir) if out_dir else path.parent / "baselines"
-        for kind, ds in sets.items():
-            ds.save(root / kind / "distilled.npz")
-            click.echo(f"{kind}: {len(ds.images)} images ({ds.metrics['seconds']:.1f} s) -> {root / kind}/distilled.npz")
+        with contextlib.ExitStack() as stack:
+            if out_dir is None and path.parent.is_dir():  # baselines/ goes into the run directory
+                stack.enter_context(run_dir_lock(path.parent))
+            apply_threads(threads)
+            art = load(path)
+            sets = baselines_for(art, kinds or BASELINES, seed=seed,
+                                 overrides={"data_dir": data_dir} if data_dir else None,
+                                 check_data=not allow_data_mismatch)
+            root = Path(out_dir) if out_dir else path.parent / "baselines"
+            for kind, ds in sets.items():
+                ds.save(root / kind / "distilled.npz")
+                click.echo(f"{kind}: {len(ds.images)} images ({ds.metrics['seconds']:.1f} s) -> "
+                           f"{root / kind}/distilled.npz")
     except (KdistillError, OSError) as exc:
         _fail(exc)
 
@@ -220,7 +234,7 @@ def report(run_dir, title) -> None:
     from kdistill.report import ReportWarning, build_report
 
     try:
-        with warnings.catch_warnings():
+        with run_dir_lock(Path(run_dir)), warnings.catch_warnings():
             warnings.simplefilter("ignore", ReportWarning)  # printed below, once each
             paths = build_report(run_dir, title=title)
     except (KdistillError, OSError) as exc:

@@ -19,7 +19,34 @@ import threading
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class StopRequest:
+class _SignalScope:
+    """Installs :meth:`_handle` for SIGINT/SIGTERM on entry and restores the previous
+    handlers on exit; only in the main thread (Python delivers signals there) and only
+    when ``enabled``."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _handle(self, signum, frame) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+class StopRequest(_SignalScope):
     """Context manager that turns SIGINT/SIGTERM into a request to stop.
 
     Handlers are installed only in the main thread (Python delivers signals there)
@@ -30,18 +57,8 @@ class StopRequest:
     """
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+        super().__init__(enabled)
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> "StopRequest":
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # second signal: stop waiting for the step
@@ -49,13 +66,8 @@ class StopRequest:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
         self.signum = signum
 
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
 
-
-class InterruptNow:
+class InterruptNow(_SignalScope):
     """Context manager: SIGINT/SIGTERM raise ``make_error(signum)`` at once.
 
     For work that may be abandoned at any point because everything it needs is safe on
@@ -66,24 +78,9 @@ class InterruptNow:
     """
 
     def __init__(self, make_error, enabled: bool = True):
+        super().__init__(enabled)
         self.make_error = make_error
-        self.enabled = enabled
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> "InterruptNow":
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
 
     def _handle(self, signum, frame) -> None:
         self._restore()  # a second signal gets the previous handler
         raise self.make_error(signum)
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}

@@ -159,8 +159,9 @@ def test_kmeans_centroids_equal_sklearn():
 
 def test_herding_is_greedy_mean_matching():
     # 1-D toy: mean 2.0; greedy picks 2.1 (closest), then the point making the pair
-    # mean closest to 2 (1.9 -> 2.0), then 2+2+... ; compare with a brute-force reference
-    f = np.array([[0.0], [2.1], [5.0], [1.9], [3.0], [0.0]])
+    # mean closest to 2 (1.8 -> 1.95), then 3.1 (triple mean 2.33); no ties, so the
+    # choices do not hang on a rounding; compare with a brute-force reference
+    f = np.array([[0.0], [2.1], [5.0], [1.8], [3.1], [0.0]])
     assert f.mean() == pytest.approx(2.0)
     rng = np.random.default_rng(0)
     g = rng.standard_normal((40, 5))

@@ -30,7 +30,7 @@ import numpy as np
 from kdistill.core.components import build_components
 from kdistill.core.config import DistillConfig
 from kdistill.core.kip import make_kip_loss
-from kdistill.core.random_features import step_seed
+from kdistill.core.contracts import step_seed
 from kdistill.core.sampling import centered_one_hot
 
 
@@ -51,7 +51,7 @@ def make_step(config: DistillConfig, n_support: int, target_batch: int, shape: t
         counter[0] += 1
         batch = (x_t, y_t)
         if comps.kernel.is_random:
-            drawn = comps.kernel.draw(step_seed(0, counter[0]), shape)
+            drawn = comps.kernel.sample_weights(step_seed(0, counter[0]), shape)
             batch += ({k: b.asarray(v, "float32") for k, v in drawn.items()},)
         return trainer.step(*batch)
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from kdistill.core.errors import ConfigError
-from kdistill.core.random_features import step_seed
+from kdistill.core.contracts import step_seed
 from kdistill.plugins.kernels.convnet import ConvNetKernel
 from kdistill.plugins.kernels.fc import FCKernel
 from kdistill.plugins.kernels.rf_convnet import RandomFeatureConvNetKernel
 from kdistill.plugins.kernels.rf_fc import RandomFeatureFCKernel
-from kdistill.testing import check_kernel
+from kdistill.testing import check_random_kernel
 
 RF = {
     "fc": (RandomFeatureFCKernel, FCKernel, (4, 4, 3)),
@@ -74,9 +74,10 @@ def test_error_shrinks_as_one_over_sqrt_models_times_width(jax_backend, name, de
     (RandomFeatureConvNetKernel, {"depth": 2, "n_models": 2, "width": 4, "pool": False, "sb2": 0.0}, (3, 3, 1)),
 ])
 def test_conformance_and_backend_agreement(cls, params, shape):
-    """Shapes, dtypes, symmetric PSD Gram, finite input gradients, and identical values
-    and gradients on JAX and torch (the weights of a seed are drawn on the host)."""
-    check_kernel(cls, input_shape=shape, rtol=1e-9, **params)
+    """The random-kernel kit (the loop's calls: reproducible host draws, with_weights
+    under jit, features vs kernel, symmetric PSD Gram, finite input gradients) and
+    identical values and gradients on JAX and torch for the same draw."""
+    check_random_kernel(cls, input_shape=shape, rtol=1e-9, **params)
 
 
 def test_grouped_models_equal_separate_networks(jax_backend, torch_backend):
@@ -85,7 +86,7 @@ def test_grouped_models_equal_separate_networks(jax_backend, torch_backend):
     x = np.random.default_rng(2).standard_normal((4, 8, 8, 3))
     for b in (jax_backend, torch_backend):
         k = RandomFeatureConvNetKernel(depth=2, n_models=3, width=4, sb2=0.0).bind(b)
-        w = k.draw(7, x.shape[1:])
+        w = k.sample_weights(7, x.shape[1:])
         xx = b.asarray(x, "float64")
         together = b.to_numpy(k.with_weights({n: b.asarray(v) for n, v in w.items()})(xx, xx))
         single = RandomFeatureConvNetKernel(depth=2, n_models=1, width=4, sb2=0.0).bind(b)

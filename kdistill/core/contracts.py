@@ -1,4 +1,4 @@
-"""Component contracts: :class:`Kernel`, :class:`Solver`, :class:`Loss`.
+"""Component contracts: :class:`Kernel`, :class:`RandomKernel`, :class:`Solver`, :class:`Loss`.
 
 Components are attrs classes whose fields are their hyperparameters (validated,
 keyword-only, round-tripping through :meth:`Component.get_params` and TOML). The
@@ -9,13 +9,13 @@ implementation serves every backend in :attr:`Component.backends`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import attrs
 import numpy as np
 
 from kdistill.core.backend import Backend
-from kdistill.core.errors import ConfigError, IncompatibleComponentsError
+from kdistill.core.errors import ConfigError, IncompatibleComponentsError, KdistillError
 
 
 @attrs.define(kw_only=True)
@@ -56,19 +56,40 @@ class Component:
         return {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.init}
 
 
+class ContractError(KdistillError, TypeError):
+    """A component class does not follow its contract (raised when the class is defined,
+    so a plugin that breaks it fails to load, with this message, instead of failing
+    mid-run)."""
+
+
 @attrs.define(kw_only=True)
 class Kernel(Component, ABC):
     """A positive semi-definite kernel ``k(x1, x2)`` on batches of examples.
 
     Class attributes:
-        is_random: True for kernels that are resampled every step (random features);
-            such kernels implement :meth:`sample`.
         has_features: True when :meth:`features` is available (feature-map kernels),
             which lets feature-space solvers avoid the ``[n, n]`` kernel matrix.
+
+    A kernel that is resampled every KIP step (random features, RFAD) subclasses
+    :class:`RandomKernel`; :attr:`is_random` says which one a kernel is.
     """
 
-    is_random: ClassVar[bool] = False
     has_features: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "is_random" in cls.__dict__ or "sample" in cls.__dict__:
+            raise ContractError(
+                f"{cls.__module__}.{cls.__qualname__} defines `is_random`/`sample()`, the old random-kernel "
+                "contract, which the KIP loop never called; subclass kdistill.core.contracts.RandomKernel "
+                "and implement sample_weights(seed, input_shape) and with_weights(weights) instead "
+                "(check it with kdistill.testing.check_random_kernel)"
+            )
+
+    @property
+    def is_random(self) -> bool:
+        """True for a :class:`RandomKernel` (resampled every KIP step), else False."""
+        return isinstance(self, RandomKernel)
 
     @abstractmethod
     def __call__(self, x1: Any, x2: Any) -> Any:
@@ -91,9 +112,79 @@ class Kernel(Component, ABC):
         so that progress is reported per block for slow kernels. None: no preference."""
         return None
 
-    def sample(self, seed: int) -> "Kernel":
-        """The kernel for one step of a random kernel (deterministic in ``seed``)."""
-        return self
+
+def step_seed(run_seed: int, step: int) -> int:
+    """Seed of the random-kernel weights of KIP step ``step`` (1, 2, ...) of a run seeded
+    ``run_seed``: a function of both only, so a resumed run draws the same weights, from
+    numpy's ``SeedSequence`` (well mixed: nearby steps draw unrelated weights). An int in
+    ``[0, 2**32)``, passed to :meth:`RandomKernel.sample_weights`."""
+    return int(np.random.SeedSequence([int(run_seed), int(step)]).generate_state(1)[0])
+
+
+@attrs.define(kw_only=True)
+class RandomKernel(Kernel, ABC):
+    """A kernel resampled every KIP step: RFAD's kernel (Loo et al. 2022, "Efficient dataset
+    distillation using random feature approximation", NeurIPS, sec. 3 and Alg. 1). Each
+    step samples fresh parameters ``theta`` of ``N`` random finite networks from their
+    initialization distribution and uses the empirical NNGP of that draw,
+    ``k_theta(x, x') = Phi_theta(x) . Phi_theta(x')``, an unbiased Monte-Carlo estimate of
+    the infinite-width NNGP.
+
+    This contract is exactly what kdistill calls on a random kernel:
+
+    1. In KIP step ``t`` (:func:`kdistill.core.kip.run_kip`), on the host::
+
+           weights = kernel.sample_weights(step_seed(run_seed, t), x_train.shape[1:])
+
+       then every array becomes a backend array of the run's dtype
+       (``backend.asarray(w, config.dtype)``, float32 or float64) and enters the compiled
+       step as an argument, where ``kernel.with_weights(weights)`` is that step's kernel:
+       the solver calls it (``__call__``, and :meth:`~Kernel.features` when
+       :attr:`~Kernel.has_features`) on the support set and the target batch, and the
+       loss is differentiated w.r.t. the support set (never w.r.t. the weights).
+    2. Everywhere else (evaluation, Label Solve, validation, :func:`kdistill.core.krr.krr_predict`)
+       the kernel is called as a plain :class:`Kernel`, without :meth:`with_weights`: it is
+       then one fixed kernel, a deterministic function of its hyperparameters (the
+       built-in base :class:`kdistill.plugins.kernels.random_features.RandomFeatureKernel`
+       uses the draw of its ``seed`` field).
+
+    ``kdistill.testing.check_random_kernel`` checks all of this; run it in your plugin's CI.
+    """
+
+    @abstractmethod
+    def sample_weights(self, seed: int, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """Sample the random networks' parameters ``theta`` for one step, on the host.
+
+        Args:
+            seed: int in ``[0, 2**32)`` (:func:`step_seed` in KIP). The draw is a
+                deterministic function of ``seed``, ``input_shape`` and the hyperparameters
+                (e.g. ``numpy.random.default_rng(seed)``), independent of the backend the
+                kernel is bound to, so runs are reproducible, resumable and identical
+                across backends.
+            input_shape: trailing shape of one example, e.g. ``(H, W, C)`` for NHWC images.
+        Returns:
+            ``{name: array}``: finite float numpy arrays (any float dtype; the loop casts
+            them to the run's dtype), with the same names, shapes and dtypes for every
+            seed (the compiled step is traced once; another structure recompiles it).
+        Raises:
+            ConfigError: ``input_shape`` does not suit the kernel (e.g. not an image, or
+                too small for its pooling layers).
+        """
+
+    @abstractmethod
+    def with_weights(self, weights: Mapping[str, Any]) -> RandomKernel:
+        """The kernel ``k_theta`` of one draw.
+
+        Args:
+            weights: the names of :meth:`sample_weights`, each a backend array of the
+                run's dtype (float32 or float64) and of the sampled shape; inside a
+                compiled step they are traced values, so no host work on them
+                (``to_numpy``, ``float()``, Python branches on values).
+        Returns:
+            A bound kernel of the same class and hyperparameters whose ``__call__``
+            (``[n1, n2]`` in the inputs' dtype) and ``features`` use ``weights``,
+            differentiable w.r.t. the inputs. ``self`` is left unchanged.
+        """
 
 
 class Predictor(ABC):

@@ -12,7 +12,8 @@ The target batch is class-balanced and resampled every step from a numpy generat
 seeded by the run's seed, so runs are deterministic and identical across backends
 given the same initialization. Random-feature kernels (RFAD, Loo et al. 2022) get fresh
 network weights every step, drawn on the host from the run's seed and the step
-(:func:`kdistill.core.random_features.step_seed`) and passed into the step as arrays.
+(:func:`kdistill.core.contracts.step_seed`, :class:`~kdistill.core.contracts.RandomKernel`)
+and passed into the step as arrays.
 
 With a validation split (``config.valid_size``), held-out training examples score the
 support set during the run, the best one is kept (and checkpointed) and returned, and
@@ -36,12 +37,12 @@ from kdistill.core.checkpoint import (
 )
 from kdistill.core.components import Components, PreparedData
 from kdistill.core.config import DistillConfig
+from kdistill.core.contracts import step_seed
 from kdistill.core.errors import (
     CheckpointError, DataError, NonFiniteLossError, NotPositiveDefiniteError, RunInterrupted,
 )
 from kdistill.core.guard import NumericalGuard
 from kdistill.core.krr import accuracy, krr_predict, label_solve
-from kdistill.core.random_features import step_seed
 from kdistill.core.signals import InterruptNow, StopRequest
 from kdistill.core.sampling import TargetSampler, balanced_subset, centered_one_hot
 
@@ -269,7 +270,7 @@ def run_kip(
             idx = sampler() if pool is None else pool[sampler()]
             batch = (b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64"))
             if random_kernel:
-                drawn = comps.kernel.draw(step_seed(config.seed, step), data.x_train.shape[1:])
+                drawn = comps.kernel.sample_weights(step_seed(config.seed, step), data.x_train.shape[1:])
                 batch += ({k: b.asarray(v, config.dtype) for k, v in drawn.items()},)
             loss_value, trainer = _guarded_step(trainer, batch, step, guard, make_trainer, last_checkpoint)
             history["step"].append(step)

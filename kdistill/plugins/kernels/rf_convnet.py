@@ -19,7 +19,7 @@ import math
 import attrs
 
 from kdistill.core.errors import ConfigError
-from kdistill.core.random_features import RandomFeatureKernel
+from kdistill.plugins.kernels.random_features import RandomFeatureKernel
 from kdistill.core.validators import boolean, positive_int
 from kdistill.plugins.kernels.convnet import readout_name
 
@@ -32,7 +32,7 @@ class RandomFeatureConvNetKernel(RandomFeatureKernel):
         depth: conv blocks (>= 1; papers: 3). pool: 2x2 average pool after each block.
         readout: ``"flatten"`` or ``"gap"``. stem: prepend conv3x3 + ReLU without pooling.
         n_models, width, sw2, sb2, seed: see
-            :class:`~kdistill.core.random_features.RandomFeatureKernel`.
+            :class:`~kdistill.plugins.kernels.random_features.RandomFeatureKernel`.
 
     Inputs NHWC ``[n, H, W, C]`` float32/float64; output ``[n1, n2]`` in that dtype.
     Features ``[n, n_models * width * P (+1 if sb2 > 0)]``. Cost per example

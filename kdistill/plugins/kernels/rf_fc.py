@@ -3,7 +3,7 @@
 ``N`` random networks ``Dense(width) -> ReLU`` (x ``depth``), standard normal weights in
 the NTK/standard scaling ``h = sqrt(sw2 / fan_in) W a + sqrt(sb2) b``; the features are the
 last ReLU activations scaled by ``sqrt(sw2 / (N width))`` plus the readout-bias column
-``sqrt(sb2)`` (:meth:`~kdistill.core.random_features.RandomFeatureKernel.readout_features`). Their
+``sqrt(sb2)`` (:meth:`~kdistill.plugins.kernels.random_features.RandomFeatureKernel.readout_features`). Their
 inner product is a Monte-Carlo estimate of the ``fc`` NNGP with the same ``depth``,
 ``sw2``, ``sb2`` (:mod:`kdistill.plugins.kernels.fc`), with error ``O(1 / sqrt(N width))``
 (Neal 1996; Lee et al. 2018; RFAD, Loo et al. 2022, sec. 3).
@@ -15,7 +15,7 @@ import math
 
 import attrs
 
-from kdistill.core.random_features import RandomFeatureKernel
+from kdistill.plugins.kernels.random_features import RandomFeatureKernel
 from kdistill.core.validators import positive_int
 
 
@@ -25,7 +25,7 @@ class RandomFeatureFCKernel(RandomFeatureKernel):
 
     Args:
         depth: hidden ReLU layers (>= 1); n_models, width, sw2, sb2, seed: see
-            :class:`~kdistill.core.random_features.RandomFeatureKernel`.
+            :class:`~kdistill.plugins.kernels.random_features.RandomFeatureKernel`.
 
     Inputs ``[n, ...]`` (flattened to ``d`` features), float32 or float64; output
     ``[n1, n2]`` in the input dtype. Features: ``[n, n_models * width (+1 if sb2 > 0)]``.

@@ -1,5 +1,9 @@
 """Random-feature kernels: the empirical NNGP of a few random finite networks.
 
+The shared base of ``rf-fc`` and ``rf-convnet``, public so that third-party random
+network kernels can reuse it (import :class:`RandomFeatureKernel` from here); the
+contract it implements is :class:`kdistill.core.contracts.RandomKernel`.
+
 A :class:`RandomFeatureKernel` is ``k(x, x') = Phi(x) . Phi(x')`` where ``Phi`` stacks the
 last-layer activations of ``n_models`` random networks (scaled so that the expectation
 over the weights is the infinite-width NNGP) and a constant readout-bias feature. This
@@ -7,35 +11,29 @@ is RFAD's kernel (Loo et al. 2022, "Efficient dataset distillation using random 
 approximation", NeurIPS, sec. 3, eq. 4): a KIP step then costs forward/backward passes
 linear in the support size instead of ``n_s (n_s + n_t)`` exact kernel entries.
 
-Weights are standard normal arrays drawn on the host by :meth:`RandomFeatureKernel.draw`
-from an integer seed (numpy ``default_rng``), so a draw is deterministic and identical
-on every backend. The distillation loop draws fresh weights every step
-(:func:`step_seed`) and passes them into the compiled step as arrays
-(:meth:`RandomFeatureKernel.with_weights`); a kernel used without that (evaluation, Label
-Solve, validation) uses the fixed draw of its ``seed`` hyperparameter.
+Weights are standard normal arrays drawn on the host by
+:meth:`RandomFeatureKernel.sample_weights` from an integer seed (numpy ``default_rng``),
+so a draw is deterministic and identical on every backend. The distillation loop draws
+fresh weights every step (:func:`kdistill.core.contracts.step_seed`) and passes them into
+the compiled step as arrays (:meth:`RandomFeatureKernel.with_weights`); a kernel used
+without that (evaluation, Label Solve, validation) uses the fixed draw of its ``seed``
+hyperparameter.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Mapping
 
 import attrs
 import numpy as np
 
-from kdistill.core.contracts import Kernel
+from kdistill.core.contracts import RandomKernel
 from kdistill.core.validators import nonneg, positive, positive_int
 
 
-def step_seed(run_seed: int, step: int) -> int:
-    """Seed of the random-feature weights of KIP step ``step`` of a run seeded ``run_seed``:
-    a function of both only (resumed runs draw the same weights), from numpy's
-    ``SeedSequence`` (well-mixed, so nearby steps draw unrelated weights)."""
-    return int(np.random.SeedSequence([int(run_seed), int(step)]).generate_state(1)[0])
-
-
 @attrs.define(kw_only=True)
-class RandomFeatureKernel(Kernel):
+class RandomFeatureKernel(RandomKernel):
     """Base of random-feature NNGP kernels (NNGP only: RFAD's kernel).
 
     Fields shared by subclasses:
@@ -50,7 +48,6 @@ class RandomFeatureKernel(Kernel):
     input shape) and :meth:`_features` (features from inputs and weights).
     """
 
-    is_random = True
     has_features = True
 
     n_models: int = attrs.field(default=8, validator=positive_int)
@@ -69,34 +66,32 @@ class RandomFeatureKernel(Kernel):
     def _features(self, x: Any, weights: dict[str, Any]) -> Any:
         """Features ``[n, D]`` of ``x`` under ``weights`` (backend arrays)."""
 
-    def draw(self, seed: int, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-        """Standard normal weights for inputs of trailing shape ``input_shape``, float32
-        numpy arrays drawn from ``numpy.random.default_rng(seed)`` in :meth:`shapes` order."""
+    def sample_weights(self, seed: int, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """Standard normal weights for inputs of trailing shape ``input_shape``: float32
+        numpy arrays of :meth:`shapes`, drawn in that order from
+        ``numpy.random.default_rng(seed)`` (see :meth:`RandomKernel.sample_weights`).
+
+        Raises:
+            ConfigError: ``input_shape`` does not suit the architecture (:meth:`shapes`).
+        """
         rng = np.random.default_rng(seed)
         return {k: rng.standard_normal(s, dtype=np.float32) for k, s in self.shapes(tuple(input_shape)).items()}
 
-    def with_weights(self, weights: dict[str, Any]) -> RandomFeatureKernel:
-        """A copy of this (bound) kernel that uses ``weights`` (backend arrays from
-        :meth:`draw`), e.g. traced arrays inside a compiled KIP step."""
+    def with_weights(self, weights: Mapping[str, Any]) -> RandomFeatureKernel:
+        """A copy of this (bound) kernel that uses ``weights`` (backend arrays of
+        :meth:`sample_weights`), e.g. traced arrays inside a compiled KIP step."""
         out = attrs.evolve(self)
         out._backend, out._weights, out._fixed = self._backend, weights, {}
         return out
 
-    def sample(self, seed: int) -> RandomFeatureKernel:
-        """This kernel with the fixed draw of ``seed`` (deterministic, identical on every
-        backend; weights are drawn at the first call, when the input shape is known)."""
-        out = attrs.evolve(self, seed=int(seed))
-        out._backend = self._backend
-        return out
-
-    def weights_for(self, x: Any) -> dict[str, Any]:
+    def weights_for(self, x: Any) -> Mapping[str, Any]:
         """The weights in use for inputs like ``x``: those of :meth:`with_weights`, else the
         fixed draw of :attr:`seed` (cached per input shape and dtype)."""
         if self._weights is not None:
             return self._weights
         key = (tuple(x.shape[1:]), self.b.dtype_name(x))
         if key not in self._fixed:
-            drawn = self.draw(self.seed, key[0])
+            drawn = self.sample_weights(self.seed, key[0])
             self._fixed[key] = {k: self.b.asarray(v, key[1]) for k, v in drawn.items()}
         return self._fixed[key]
 

@@ -10,7 +10,7 @@ Python API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from kdistill.version import __version__  # noqa: E402
 
 from kdistill.api import distill, label_solve, load, make_config  # noqa: E402
 from kdistill.core.artifact import DistilledSet  # noqa: E402

@@ -258,7 +258,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
         ArtifactError: no or unreadable artifact; a malformed, edited or unreadable
             NN result file; class ids outside the artifact's classes.
     """
-    from kdistill import __version__
+    from kdistill.version import __version__
     from kdistill.core.safeio import atomic_write, write_text_atomic
 
     info = collect(run_dir)

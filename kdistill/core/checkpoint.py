@@ -108,7 +108,7 @@ class Checkpoint:
             CheckpointError: the write failed (e.g. disk full); the file at ``path``
                 still holds the previous checkpoint, if there was one.
         """
-        from kdistill import __version__
+        from kdistill.version import __version__
 
         path = Path(path)
         meta = {

@@ -417,7 +417,7 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
 
 
 def _result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:
-    from kdistill import __version__
+    from kdistill.version import __version__
     from kdistill.core.registry import component_provenance
 
     metrics = {

@@ -268,7 +268,7 @@ def evaluate_nn(
             the seed and step and the protocol fields to lower. No accuracy is returned
             for a diverged protocol, since the remaining seeds' mean would be biased.
     """
-    from kdistill import __version__
+    from kdistill.version import __version__
     from kdistill.core.errors import NumericalError
 
     if data is None:

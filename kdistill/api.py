@@ -12,7 +12,6 @@ from kdistill.core.artifact import load as load  # re-export
 from kdistill.core.components import build_components, check_run_config, prepare_data
 from kdistill.core.config import DistillConfig
 from kdistill.core.errors import ConfigError
-from kdistill.core.kip import run_kip, run_label_solve
 
 
 def make_config(config: DistillConfig | dict | str | Path | None = None, **overrides: Any) -> DistillConfig:
@@ -89,38 +88,88 @@ def distill(
         print(result.metrics["distilled_acc"], result.metrics["random_acc"])
         result.save("digits_kip.npz")
     """
+    _check_run_args(run_dir, resume, overwrite, callback, "run_dir")
+    if resume and config is None:
+        from kdistill.core.checkpoint import read_checkpoint
+
+        config = read_checkpoint(run_dir).config
+    return run(make_config(config, **overrides), data=data, callback=callback, run_dir=run_dir, resume=resume,
+               overwrite=overwrite)
+
+
+def run(
+    config: DistillConfig,
+    *,
+    data=None,
+    callback: Callable[[dict], None] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    what: str = "run_dir",
+    grid: bool = False,
+    on_start: Callable[[DistillConfig, Any, list[str]], None] | None = None,
+    write: Callable[[DistilledSet], None] | None = None,
+) -> DistilledSet:
+    """One run of ``config.method``: the single driver behind :func:`distill` and
+    ``kdistill distill``.
+
+    In order, before any work: the run directory (``run_dir``) is locked and checked
+    (resume: it must hold a checkpoint of the same config), the config's option
+    combinations and components are checked and built, the data prepared and the
+    directory's free space checked (:mod:`kdistill.core.rundir`). Then ``on_start(config,
+    prepared_data, removed_files)`` (the CLI prints its header there), the method
+    (:data:`kdistill.core.kip.METHODS`), ``write(result)`` while the directory is still
+    locked (the CLI writes its files there), and the transient last checkpoint is
+    removed (``checkpoint_every = 0``).
+
+    Args:
+        config: the run's config; data, callback, run_dir, resume, overwrite: as in
+            :func:`distill`. what: how messages name ``run_dir`` (``--out``).
+        grid: a ``grid.png`` will be written (free-space estimate).
+    Returns:
+        The :class:`DistilledSet`.
+    Raises:
+        As :func:`distill`; whatever ``write`` raises (the checkpoint then stays).
+    """
+    from kdistill.core.checkpoint import check_same_config, read_checkpoint
+    from kdistill.core.kip import METHODS
     from kdistill.core.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
+    _check_run_args(run_dir, resume, overwrite, callback, what)
+    with contextlib.ExitStack() as stack:
+        lock = None
+        if resume:
+            lock = stack.enter_context(RunDirectory(run_dir, mode="resume", what=what))
+        check_run_config(config)
+        if resume:
+            if config.method != "kip":
+                raise ConfigError("resume applies to KIP runs only; Label Solve has no steps to resume")
+            check_same_config(read_checkpoint(run_dir), config.to_dict(), run_dir)
+        comps = build_components(config)
+        if run_dir is not None and not resume:
+            lock = stack.enter_context(RunDirectory(run_dir, overwrite=overwrite, what=what))
+        prepared = prepare_data(config, data)
+        removed = lock.prepare(estimate_run_bytes(config, prepared, grid)) if lock is not None else []
+        if on_start is not None:
+            on_start(config, prepared, removed)
+        result = METHODS[config.method](config, comps, prepared, callback=callback,
+                                        run_dir=run_dir if config.method == "kip" else None, resume=resume)
+        if write is not None:
+            write(result)
+        if lock is not None:
+            remove_transient_checkpoint(run_dir, config)
+        return result
+
+
+def _check_run_args(run_dir, resume: bool, overwrite: bool, callback, what: str) -> None:
+    """Refuse contradictory run arguments before anything is read (ConfigError)."""
     if resume and run_dir is None:
-        raise ConfigError("resume=True needs run_dir, the directory holding checkpoint.npz")
+        raise ConfigError(f"resume=True needs {what}, the directory holding checkpoint.npz")
     if resume and overwrite:
-        raise ConfigError("resume=True continues the run in run_dir; overwrite=True would replace it: choose one")
+        raise ConfigError("resume=True continues the run in its directory; overwrite=True would replace it: "
+                          "choose one")
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be callable, got {type(callback).__name__}")
-    with contextlib.ExitStack() as stack:
-        run = None
-        if resume:
-            run = stack.enter_context(RunDirectory(run_dir, mode="resume", what="run_dir"))
-            if config is None:
-                from kdistill.core.checkpoint import read_checkpoint
-
-                config = read_checkpoint(run_dir).config
-        cfg = make_config(config, **overrides)
-        check_run_config(cfg)
-        if resume and cfg.method != "kip":
-            raise ConfigError("resume applies to KIP runs only; Label Solve has no steps to resume")
-        comps = build_components(cfg)
-        if run_dir is not None and not resume and cfg.method == "kip":
-            run = stack.enter_context(RunDirectory(run_dir, overwrite=overwrite, what="run_dir"))
-        prepared = prepare_data(cfg, data)
-        if cfg.method == "label-solve":
-            return run_label_solve(cfg, comps, prepared)
-        if run is not None:
-            run.prepare(estimate_run_bytes(cfg, prepared, grid=False))
-        result = run_kip(cfg, comps, prepared, callback, run_dir=run_dir, resume=resume)
-        if run is not None:
-            remove_transient_checkpoint(run_dir, cfg)
-        return result
 
 
 def label_solve(

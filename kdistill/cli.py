@@ -97,13 +97,14 @@ def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=Fa
         _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags)
 
 
+class _WriteFailed(Exception):
+    """Writing a finished run's files failed (the cause is chained)."""
+
+
 def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags) -> None:
-    from kdistill.api import make_config
-    from kdistill.core.checkpoint import check_same_config, read_checkpoint
-    from kdistill.core.components import build_components, check_run_config, prepare_data
+    from kdistill.api import make_config, run
+    from kdistill.core.checkpoint import read_checkpoint
     from kdistill.core.errors import ConfigError
-    from kdistill.core.kip import run_label_solve
-    from kdistill.core.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
     try:
         overrides = {k: v for k, v in flags.items() if k in _FLAG_FIELDS and v is not None}
@@ -114,7 +115,6 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
             if out_dir is not None and Path(out_dir).resolve() != Path(resume_dir).resolve():
                 raise ConfigError(f"--out {out_dir} differs from --resume {resume_dir}: a resumed run "
                                   "continues in its own directory; drop --out")
-            run = stack.enter_context(RunDirectory(resume_dir, mode="resume", what="--resume"))
             saved = read_checkpoint(resume_dir)
             base, resumed_step = (config_path or saved.config), saved.step
         notices: list[str] = []
@@ -122,44 +122,43 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
         if config_path is not None:
             for notice in notices:
                 click.secho(f"note: {notice}", fg="yellow", err=True)
-        check_run_config(cfg)
-        if resume_dir is not None:
-            if cfg.method != "kip":
-                raise ConfigError("--resume applies to KIP runs only; Label Solve has no steps to resume")
-            check_same_config(saved, cfg.to_dict(), resume_dir)
-        comps = build_components(cfg)
-        default_out = f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}"
-        out = Path(resume_dir or out_dir or default_out)
-        if resume_dir is None:
-            run = stack.enter_context(RunDirectory(out, overwrite=overwrite, what="--out"))
-        data = prepare_data(cfg)
-        removed = run.prepare(estimate_run_bytes(cfg, data, grid))
-        if removed:
-            click.echo(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}", err=True)
     except KdistillError as exc:
         _fail(exc)
-    click.echo(
-        f"{cfg.method} on {cfg.dataset} ({len(data.x_train)} train / {len(data.x_test)} test), "
-        f"ipc={cfg.ipc}, kernel={cfg.kernel.name} {cfg.kernel.params}, backend={cfg.backend}"
-        + (f"; resuming {out} after step {resumed_step}" if resume_dir is not None else "")
-    )
+    default_out = f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(resume_dir or out_dir or default_out)
+
+    def on_start(cfg, data, removed):
+        if removed:
+            click.echo(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}", err=True)
+        click.echo(
+            f"{cfg.method} on {cfg.dataset} ({len(data.x_train)} train / {len(data.x_test)} test), "
+            f"ipc={cfg.ipc}, kernel={cfg.kernel.name} {cfg.kernel.params}, backend={cfg.backend}"
+            + (f"; resuming {out} after step {resumed_step}" if resume_dir is not None else "")
+        )
+        bar.start()
+
+    def write(result):
+        try:
+            _write_outputs(out, cfg, result, grid)
+        except (KdistillError, OSError) as exc:
+            raise _WriteFailed(str(exc)) from exc
+
+    bar = _Progress(cfg, progress)
+    stack.callback(bar.close)
     try:
-        if cfg.method == "label-solve":
-            result = run_label_solve(cfg, comps, data)
-        else:
-            result = _run_with_progress(cfg, comps, data, progress, out, resume_dir is not None)
+        result = run(cfg, callback=bar, run_dir=out, resume=resume_dir is not None, overwrite=overwrite,
+                     what="--resume" if resume_dir is not None else "--out", grid=grid, on_start=on_start,
+                     write=write)
     except RunInterrupted as exc:
         click.secho(f"stopped: {exc}", fg="yellow", err=True)
         sys.exit(128 + exc.signum)
-    except KdistillError as exc:
-        _fail(exc)
-    try:
-        _write_outputs(out, cfg, result, grid)
-    except (KdistillError, OSError) as exc:
+    except _WriteFailed as exc:
         resume = cfg.method == "kip" and (out / "checkpoint.npz").is_file()
         _fail(f"{exc}" + (f"; the final checkpoint in {out} is intact: free space and run "
                           f"`kdistill distill --resume {out}` to write the results" if resume else ""))
-    remove_transient_checkpoint(out, cfg)
+    except KdistillError as exc:
+        _fail(exc)
+    bar.close()
     m = result.metrics
     if m.get("recoveries"):
         last = m["recoveries"][-1]
@@ -194,24 +193,28 @@ def _write_outputs(out: Path, cfg, result, grid: bool) -> None:
         )
 
 
-def _run_with_progress(cfg, comps, data, progress: bool, run_dir: Path, resume: bool):
-    from tqdm.auto import tqdm
+class _Progress:
+    """The KIP progress bar as a run callback: steps, loss and the last evaluation's
+    accuracy. :meth:`start` opens it (after the run's header); Label Solve has none."""
 
-    from kdistill.core.kip import run_kip
+    def __init__(self, cfg, enabled: bool):
+        self.cfg, self.enabled, self.bar, self.acc = cfg, enabled and cfg.method == "kip", None, "-"
 
-    bar = tqdm(total=cfg.steps, disable=not progress, desc="kip", unit="step", dynamic_ncols=True)
-    state: dict[str, Any] = {}
+    def start(self) -> None:
+        from tqdm.auto import tqdm
 
-    def callback(info):
+        self.bar = tqdm(total=self.cfg.steps, disable=not self.enabled, desc="kip", unit="step", dynamic_ncols=True)
+
+    def __call__(self, info: dict) -> None:
         if "eval_acc" in info:
-            state["acc"] = f"{100 * info['eval_acc']:.2f}%"
-        bar.set_postfix(loss=f"{info['loss']:.4g}", acc=state.get("acc", "-"), refresh=False)
-        bar.update(info["step"] - bar.n)  # a resumed run starts past 0
+            self.acc = f"{100 * info['eval_acc']:.2f}%"
+        self.bar.set_postfix(loss=f"{info['loss']:.4g}", acc=self.acc, refresh=False)
+        self.bar.update(info["step"] - self.bar.n)  # a resumed run starts past 0
 
-    try:
-        return run_kip(cfg, comps, data, callback, run_dir=run_dir, resume=resume)
-    finally:
-        bar.close()
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @main.command()

@@ -25,26 +25,22 @@ from __future__ import annotations
 import os
 import signal
 import time
-import warnings
 from typing import Any, Callable
 
-import attrs
 import numpy as np
 
 from kdistill.core.artifact import DistilledSet
-from kdistill.core.checkpoint import (
-    Checkpoint, checkpoint_path, data_fingerprint, ensure_no_checkpoint, open_for_resume,
-)
+from kdistill.core.checkpoint import checkpoint_path, data_fingerprint, ensure_no_checkpoint, open_for_resume
 from kdistill.core.components import Components, PreparedData
 from kdistill.core.config import DistillConfig
-from kdistill.core.contracts import step_seed
-from kdistill.core.errors import (
-    CheckpointError, DataError, NonFiniteLossError, NotPositiveDefiniteError, RunInterrupted,
-)
+from kdistill.core.errors import CheckpointError, DataError, RunInterrupted
 from kdistill.core.guard import NumericalGuard
 from kdistill.core.krr import accuracy, krr_predict, label_solve
-from kdistill.core.signals import InterruptNow, StopRequest
+from kdistill.core.loop import (
+    Best, CallbackHook, Checkpoints, Evaluation, KIPRun, RunHook, StopConditions, drive, score_support,
+)
 from kdistill.core.sampling import TargetSampler, balanced_subset, centered_one_hot
+from kdistill.core.signals import InterruptNow, StopRequest
 
 
 def split_validation(config: DistillConfig, data: PreparedData) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -109,32 +105,6 @@ def evaluate_support(
     return score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit], data.y_test[:limit], progress)
 
 
-def score_support(kernel, comps: Components, config: DistillConfig, images, labels, x, y, progress=None) -> float:
-    """KRR accuracy (fraction in [0, 1]) of the support set ``images [n_s, ...]``,
-    ``labels [n_s, C]`` on examples ``x [n, ...]`` with class ids ``y [n]``, under
-    ``kernel`` and the run's solver and ridge."""
-    pred = krr_predict(kernel, comps.solver, images, labels, x, config.ridge, config.dtype, progress=progress)
-    return accuracy(pred, y)
-
-
-def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -> Callable:
-    """``loss_fn(params, x_t, y_t) -> scalar`` for the trainer.
-
-    ``params`` holds ``x_s`` and, when learned, ``y_s`` and ``loss/<name>`` entries.
-    ``weights``: this step's weights of a random-feature kernel (backend arrays).
-    """
-    kernel, solver, loss = comps.kernel, comps.solver, comps.loss
-
-    def loss_fn(params, x_t, y_t, weights=None):
-        k = kernel if weights is None else kernel.with_weights(weights)
-        y_s = params["y_s"] if "y_s" in params else fixed_labels
-        predictor = solver.fit(k, params["x_s"], y_s, config.ridge)
-        loss_params = {k[5:]: v for k, v in params.items() if k.startswith("loss/")}
-        return loss(predictor(x_t), y_t, loss_params)
-
-    return loss_fn
-
-
 def run_kip(
     config: DistillConfig,
     comps: Components,
@@ -170,135 +140,25 @@ def run_kip(
         RunInterrupted: SIGINT/SIGTERM, with ``run_dir`` (also during the final
             evaluation).
     """
-    start = time.perf_counter()
-    b = comps.backend
     fingerprint = data_fingerprint(data.x_train, data.y_train) if run_dir is not None else ""
-    rng = np.random.default_rng(config.seed)
-    pool, valid = split_validation(config, data)
-    best: dict[str, Any] = {"params": {}, "step": None, "acc": None, "since": 0}
-    if resume:
-        if run_dir is None:
-            raise CheckpointError("resume=True needs the run directory of the checkpoint (run_dir)")
-        saved = open_for_resume(run_dir, config.to_dict(), fingerprint)
-        labels, class_ids, params = saved.labels, saved.class_ids, saved.params()
-        rng.bit_generator.state = saved.rng_state
-        history, guard = saved.history, NumericalGuard.from_dict(saved.guard, config.dtype)
-        first, elapsed, last_saved = saved.step + 1, saved.elapsed_seconds, saved.step
-        best.update(params=saved.best, step=saved.best_step, acc=saved.best_acc)
-        if saved.best_step is not None:
-            best["since"] = sum(1 for s in history["eval_step"] if s > saved.best_step)
-    else:
-        if run_dir is not None:
-            ensure_no_checkpoint(run_dir)
-        images, labels, class_ids = init_support(config, data, rng, pool)
-        params = {"x_s": images}
-        if config.learn_labels:
-            params["y_s"] = labels
-        params.update({f"loss/{k}": v for k, v in comps.loss.init_params().items()})
-        history = {"step": [], "loss": [], "eval_step": [], "eval_acc": [], "eval_seconds": []}
-        guard = NumericalGuard.start(config)
-        first, elapsed, last_saved = 1, 0.0, None
-    fixed_labels = b.asarray(labels, "float64")
-
-    def make_trainer(init_params):
-        loss_fn = make_kip_loss(comps, attrs.evolve(config, ridge=guard.ridge), fixed_labels)
-        return b.make_trainer(loss_fn, init_params, config.optimizer, guard.lr, config.dtype)
-
-    trainer = make_trainer(params)
-    if resume:
-        trainer.load_state(saved.trainer_state)
-    sampler = TargetSampler(data.y_train if pool is None else data.y_train[pool], data.num_classes, config.target_batch, rng)
-    random_kernel = comps.kernel.is_random
-
-    def seconds() -> float:
-        return elapsed + time.perf_counter() - start
-
-    def current():
-        p = trainer.params_numpy()
-        return p["x_s"], p.get("y_s", labels)
-
-    def record_eval(step: int) -> float:
-        if valid is None:
-            acc = evaluate_support(comps, config, data, *current(), limit=config.eval_test_size)
-        else:
-            acc = score_support(comps.valid_kernel or comps.eval_kernel, comps, config, *current(),
-                                data.x_train[valid], data.y_train[valid])
-            if best["acc"] is None or acc > best["acc"]:
-                best.update(params=trainer.params_numpy(), step=step, acc=acc, since=0)
-            else:
-                best["since"] += 1
-        history["eval_step"].append(step)
-        history["eval_acc"].append(acc)
-        history["eval_seconds"].append(seconds())
-        return acc
-
-    def last_checkpoint() -> str:
-        if run_dir is None:
-            return "; no checkpoint (pass a run directory and checkpoint_every to keep progress)"
-        if last_saved is None:
-            return f"; no checkpoint was written to {run_dir} yet"
-        return f"; the last checkpoint (step {last_saved}) in {run_dir} is intact"
-
-    def save(step: int):
-        nonlocal last_saved
-        ckpt = Checkpoint(
-            step=step, config=config.to_dict(), trainer_state=trainer.state(), labels=labels,
-            class_ids=class_ids, rng_state=rng.bit_generator.state, history=history,
-            guard=guard.to_dict(), data_fingerprint=fingerprint, elapsed_seconds=seconds(),
-            best=best["params"], best_step=best["step"], best_acc=best["acc"],
-        )
-        try:
-            path = ckpt.save(checkpoint_path(run_dir))
-        except CheckpointError as exc:
-            advice = (f"free disk space and continue with `kdistill distill --resume {run_dir}`"
-                      if last_saved is not None or resume else
-                      "free disk space and start the run again (there is nothing to resume)")
-            raise CheckpointError(f"{exc}. The run stopped after step {step}{last_checkpoint()}: {advice}") from exc
-        last_saved = step
-        return path
-
+    run = _start(config, comps, data, run_dir, resume, fingerprint)
+    evaluation = Evaluation()
     if not resume and config.eval_every:
-        record_eval(0)
-    # a resumed run that had stopped early (time limit, patience) or finished its steps
-    # (interrupted in the final evaluation) only evaluates
-    done = resume and (
-        (bool(config.time_limit) and elapsed >= config.time_limit)
-        or bool(config.patience and best["since"] >= config.patience)
-    )
+        evaluation.evaluate(run, 0)
+    if resume and StopConditions.already_met(run):  # stopped early before: only evaluate
+        run.stop_reason = "resumed after its stop"
     with StopRequest(enabled=run_dir is not None) as stop:
-        for step in range(first, 0 if done else config.steps + 1):
-            idx = sampler() if pool is None else pool[sampler()]
-            batch = (b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64"))
-            if random_kernel:
-                drawn = comps.kernel.sample_weights(step_seed(config.seed, step), data.x_train.shape[1:])
-                batch += ({k: b.asarray(v, config.dtype) for k, v in drawn.items()},)
-            loss_value, trainer = _guarded_step(trainer, batch, step, guard, make_trainer, last_checkpoint)
-            history["step"].append(step)
-            history["loss"].append(loss_value)
-            info = {"step": step, "loss": loss_value}
-            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-                info["eval_acc"] = record_eval(step)
-            if callback is not None:
-                callback(info)
-            every, signum = config.checkpoint_every, stop.signum  # read the signal once
-            if run_dir is not None and (signum is not None or (every and (step % every == 0 or step == config.steps))):
-                path = save(step)
-            if signum is not None:
-                raise RunInterrupted(
-                    f"interrupted by {signal.Signals(signum).name} after step {step} of {config.steps}; "
-                    f"checkpoint written to {path}; continue with `kdistill distill --resume {run_dir}` "
-                    "(Python: kdistill.distill(run_dir=..., resume=True))",
-                    signum=signum, step=step, checkpoint=path,
-                )
-            out_of_time = bool(config.time_limit) and seconds() >= config.time_limit
-            if out_of_time or (config.patience and best["since"] >= config.patience):
-                if out_of_time and valid is not None and history["eval_step"][-1:] != [step]:
-                    record_eval(step)  # the last support set gets its validation score too
-                break
-        train_seconds = seconds()
-        final_step = history["step"][-1] if history["step"] else 0
-        if run_dir is not None and last_saved != final_step:
-            save(final_step)  # the distilled set is safe before the final evaluation starts
+        hooks: list[RunHook] = [evaluation]
+        if callback is not None:
+            hooks.append(CallbackHook(callback))
+        if run_dir is not None:
+            hooks.append(Checkpoints(stop))
+        hooks.append(StopConditions(evaluation))
+        drive(run, hooks)
+        train_seconds = run.seconds()
+        final_step = run.step
+        if run_dir is not None and run.last_saved != final_step:
+            run.save()  # the distilled set is safe before the final evaluation starts
         if stop.signum is not None:  # a signal during that write
             raise RunInterrupted(
                 f"interrupted by {signal.Signals(stop.signum).name} after the last step ({final_step}); "
@@ -317,53 +177,70 @@ def run_kip(
             )
 
         with InterruptNow(interrupted, enabled=run_dir is not None):
-            final_images, final_labels = current()
-            final_params = trainer.params_numpy()
-            if best["step"] is not None:
-                final_params = best["params"]
-                final_images, final_labels = final_params["x_s"], final_params.get("y_s", labels)
-            metrics = {
-                "method": "kip",
-                "distilled_acc": evaluate_support(comps, config, data, final_images, final_labels,
-                                                  limit=config.test_size),
-                "n_test": int(len(data.x_test[: config.test_size])),
-                "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and valid is None else None,
-                "train_seconds": train_seconds,
-                "final_loss": history["loss"][-1] if history["loss"] else None,
-                "recoveries": list(guard.events),
-            }
-            metrics.update(random_baseline(comps, config, data))
-    if valid is not None:
-        metrics.update(eval_split="validation", valid_size=int(len(valid)), best_step=best["step"],
-                       best_valid_acc=best["acc"])
+            metrics, final_params = _final_metrics(run, train_seconds)
+    history = run.history
+    if run.valid is not None:
+        metrics.update(eval_split="validation", valid_size=int(len(run.valid)), best_step=run.best.step,
+                       best_valid_acc=run.best.acc)
     metrics["steps_run"] = history["step"][-1] if history["step"] else 0
-    metrics["total_seconds"] = elapsed + time.perf_counter() - start
+    metrics["total_seconds"] = run.seconds()
     loss_params = {k[5:]: v for k, v in final_params.items() if k.startswith("loss/")}
-    return _result(config, data, final_images, final_labels, class_ids, metrics, history, loss_params)
+    images, labels = final_params["x_s"], final_params.get("y_s", run.labels)
+    return _result(config, data, images, labels, run.class_ids, metrics, history, loss_params)
 
 
-def _guarded_step(trainer, batch, step: int, guard: NumericalGuard, make_trainer, where: Callable[[], str]):
-    """One trainer step under the numerical guard (see :mod:`kdistill.core.guard`).
+def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPRun:
+    """A fresh run (class-balanced initial support set) or one restored from ``run_dir``'s
+    checkpoint (parameters, optimizer state, generator, history, guard, best set)."""
+    rng = np.random.default_rng(config.seed)
+    pool, valid = split_validation(config, data)
+    common = dict(config=config, comps=comps, data=data, rng=rng, pool=pool, valid=valid, run_dir=run_dir,
+                  fingerprint=fingerprint, trainer=None)
+    if resume:
+        if run_dir is None:
+            raise CheckpointError("resume=True needs the run directory of the checkpoint (run_dir)")
+        saved = open_for_resume(run_dir, config.to_dict(), fingerprint)
+        rng.bit_generator.state = saved.rng_state
+        best = Best(params=saved.best, step=saved.best_step, acc=saved.best_acc)
+        if saved.best_step is not None:
+            best.since = sum(1 for s in saved.history["eval_step"] if s > saved.best_step)
+        run = KIPRun(labels=saved.labels, class_ids=saved.class_ids, history=saved.history,
+                     guard=NumericalGuard.from_dict(saved.guard, config.dtype), best=best, step=saved.step,
+                     elapsed=saved.elapsed_seconds, last_saved=saved.step, resumed=True, **common)
+        run.trainer = run.make_trainer(saved.params())
+        run.trainer.load_state(saved.trainer_state)
+        return run
+    if run_dir is not None:
+        ensure_no_checkpoint(run_dir)
+    images, labels, class_ids = init_support(config, data, rng, pool)
+    params = {"x_s": images}
+    if config.learn_labels:
+        params["y_s"] = labels
+    params.update({f"loss/{k}": v for k, v in comps.loss.init_params().items()})
+    history = {"step": [], "loss": [], "eval_step": [], "eval_acc": [], "eval_seconds": []}
+    run = KIPRun(labels=labels, class_ids=class_ids, history=history, guard=NumericalGuard.start(config),
+                 best=Best(), **common)
+    run.trainer = run.make_trainer(params)
+    return run
 
-    On a NaN/Inf loss or gradient, or a failed Cholesky, the last good state (the
-    trainer left it unchanged) moves into a trainer rebuilt with the guard's remedy and
-    the same batch is retried, while recoveries are left.
 
-    Returns:
-        ``(loss, trainer)``: the trainer may be a new one.
-    Raises:
-        NonFiniteLossError, NotPositiveDefiniteError: no recovery left.
-    """
-    while True:
-        try:
-            return trainer.step(*batch), trainer
-        except (NonFiniteLossError, NotPositiveDefiniteError) as exc:
-            if not guard.escalate(step, exc):
-                raise type(exc)(guard.failure_message(step, exc) + where()) from exc
-            warnings.warn(guard.recovery_message(step, exc), RuntimeWarning, stacklevel=3)
-            good = trainer.state()
-            trainer = make_trainer({k[7:]: v for k, v in good.items() if k.startswith("params/")})
-            trainer.load_state(good)
+def _final_metrics(run: KIPRun, train_seconds: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The returned support set (the best by validation accuracy if there is one, else
+    the last) scored on the test set, and the random-subset baseline."""
+    config, comps, data, history = run.config, run.comps, run.data, run.history
+    final_params = run.best.params if run.best.step is not None else run.trainer.params_numpy()
+    images, labels = final_params["x_s"], final_params.get("y_s", run.labels)
+    metrics = {
+        "method": "kip",
+        "distilled_acc": evaluate_support(comps, config, data, images, labels, limit=config.test_size),
+        "n_test": int(len(data.x_test[: config.test_size])),
+        "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and run.valid is None else None,
+        "train_seconds": train_seconds,
+        "final_loss": history["loss"][-1] if history["loss"] else None,
+        "recoveries": list(run.guard.events),
+    }
+    metrics.update(random_baseline(comps, config, data))
+    return metrics, final_params
 
 
 def random_baseline(comps: Components, config: DistillConfig, data: PreparedData, progress=None) -> dict[str, Any]:
@@ -380,8 +257,12 @@ def random_baseline(comps: Components, config: DistillConfig, data: PreparedData
     return {"random_acc": acc}
 
 
-def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData) -> DistilledSet:
+def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData, callback=None, run_dir=None,
+                    resume: bool = False) -> DistilledSet:
     """Label Solve: keep class-balanced real support images, solve for their labels.
+
+    ``callback``, ``run_dir`` and ``resume`` are accepted for the uniform method
+    signature (:data:`METHODS`) and unused: Label Solve has no steps.
 
     Targets are a class-balanced subset of ``config.target_batch`` training examples
     (all of them if ``target_batch`` >= the training set size). The random-subset
@@ -414,6 +295,11 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
     metrics.update(random_baseline(comps, config, data))
     metrics["total_seconds"] = time.perf_counter() - start
     return _result(config, data, images, solved.astype(np.float32), class_ids, metrics, {}, {})
+
+
+#: Outer-loop methods by config name: ``fn(config, comps, data, callback=None,
+#: run_dir=None, resume=False) -> DistilledSet``.
+METHODS: dict[str, Callable[..., DistilledSet]] = {"kip": run_kip, "label-solve": run_label_solve}
 
 
 def _result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:

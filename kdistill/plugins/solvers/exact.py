@@ -31,7 +31,8 @@ class ExactSolver(Solver):
         if not bool(ok):
             raise NotPositiveDefiniteError(
                 f"K_ss + ridge*I ({n}x{n}) is singular (smallest LU pivot "
-                f"{float(xp.min(pivots)):.3g}, largest {float(xp.max(pivots)):.3g}); raise the relative "
+                f"{float(b.to_numpy(xp.min(pivots))):.3g}, largest {float(b.to_numpy(xp.max(pivots))):.3g}); "
+                f"raise the relative "
                 f"ridge (now {ridge:g}) or use the cholesky solver, which adds a bounded jitter"
             )
         return alpha

@@ -1,0 +1,320 @@
+"""The KIP/RFAD outer-loop driver: a run's state, one step, and hooks around it.
+
+A run is a :class:`KIPRun`: the support set, labels and loss parameters with their
+optimizer state (the backend's :class:`~kdistill.core.backend.Trainer`), the target
+sampler's generator, the numerical guard, the history and the best support set so far.
+:meth:`KIPRun.advance` takes one step: a class-balanced target batch, a fresh draw of
+a random kernel's weights (RFAD), one guarded optimizer step. The step's loss is a
+mean over target examples, which is what lets a target batch be split over devices.
+
+Everything else happens in hooks called at defined points (:class:`RunHook`):
+
+- :class:`Evaluation`: KRR accuracy every ``eval_every`` steps, on the test set or on
+  the validation split (best support set kept, patience counted);
+- :class:`CallbackHook`: a user's ``callback(info)`` (progress bars, tracking);
+- :class:`Checkpoints`: ``checkpoint.npz`` every ``checkpoint_every`` steps and on
+  SIGINT/SIGTERM (then :class:`~kdistill.core.errors.RunInterrupted`);
+- :class:`StopConditions`: ``time_limit`` and ``patience``.
+
+:func:`drive` runs the steps through the hooks; :func:`kdistill.core.kip.run_kip`
+adds the final checkpoint and evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import warnings
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+
+from kdistill.core.checkpoint import Checkpoint, checkpoint_path
+from kdistill.core.components import Components, PreparedData
+from kdistill.core.config import DistillConfig
+from kdistill.core.contracts import step_seed
+from kdistill.core.errors import CheckpointError, NonFiniteLossError, NotPositiveDefiniteError, RunInterrupted
+from kdistill.core.guard import NumericalGuard
+from kdistill.core.krr import accuracy, krr_predict
+from kdistill.core.sampling import TargetSampler
+
+
+def score_support(kernel, comps: Components, config: DistillConfig, images, labels, x, y, progress=None) -> float:
+    """KRR accuracy (fraction in [0, 1]) of the support set ``images [n_s, ...]``,
+    ``labels [n_s, C]`` on examples ``x [n, ...]`` with class ids ``y [n]``, under
+    ``kernel`` and the run's solver and ridge."""
+    pred = krr_predict(kernel, comps.solver, images, labels, x, config.ridge, config.dtype, progress=progress)
+    return accuracy(pred, y)
+
+
+def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -> Callable:
+    """``loss_fn(params, x_t, y_t, weights=None) -> scalar`` for the trainer.
+
+    ``params`` holds ``x_s`` and, when learned, ``y_s`` and ``loss/<name>`` entries.
+    ``weights``: this step's weights of a random-feature kernel (backend arrays).
+    """
+    kernel, solver, loss = comps.kernel, comps.solver, comps.loss
+
+    def loss_fn(params, x_t, y_t, weights=None):
+        k = kernel if weights is None else kernel.with_weights(weights)
+        y_s = params["y_s"] if "y_s" in params else fixed_labels
+        predictor = solver.fit(k, params["x_s"], y_s, config.ridge)
+        loss_params = {k[5:]: v for k, v in params.items() if k.startswith("loss/")}
+        return loss(predictor(x_t), y_t, loss_params)
+
+    return loss_fn
+
+
+@attrs.define
+class Best:
+    """The best support set by validation accuracy: its parameters (numpy), step and
+    accuracy, and the evaluations since it (for ``patience``)."""
+
+    params: dict[str, np.ndarray] = attrs.field(factory=dict)
+    step: int | None = None
+    acc: float | None = None
+    since: int = 0
+
+
+@attrs.define(kw_only=True)
+class KIPRun:
+    """The state of a KIP/RFAD run between steps, and one step.
+
+    Attributes:
+        config, comps, data: the run's config, bound components and prepared data.
+        trainer: parameters (``x_s [n_s, H, W, C]``, optionally ``y_s [n_s, C]`` and
+            ``loss/<name>``) and optimizer state, on the backend.
+        labels: ``[n_s, C]`` float32 initial (fixed) labels; class_ids: ``[n_s]`` int64.
+        rng: the generator of the target batches (its state is checkpointed).
+        pool, valid: training indices for targets / the validation split (None: all / none).
+        guard: effective ridge and learning rate, recoveries made.
+        history: ``step``, ``loss``, ``eval_step``, ``eval_acc``, ``eval_seconds`` lists.
+        best: the best support set by validation accuracy.
+        step: the last completed step (0 before the first).
+        elapsed: seconds run before this process (a resumed run's earlier time).
+        run_dir: checkpoint directory or None; last_saved: step of the last checkpoint.
+        fingerprint: training-data fingerprint stored in checkpoints.
+        stop_reason: set by a hook to end the loop after the current step.
+    """
+
+    config: DistillConfig
+    comps: Components
+    data: PreparedData
+    trainer: Any
+    labels: np.ndarray
+    class_ids: np.ndarray
+    rng: np.random.Generator
+    pool: np.ndarray | None
+    valid: np.ndarray | None
+    guard: NumericalGuard
+    history: dict[str, list]
+    best: Best
+    step: int = 0
+    elapsed: float = 0.0
+    run_dir: str | os.PathLike | None = None
+    last_saved: int | None = None
+    fingerprint: str = ""
+    resumed: bool = False
+    stop_reason: str | None = None
+    started: float = attrs.field(factory=time.perf_counter)
+    sampler: Any = attrs.field(init=False)
+    fixed_labels: Any = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        y = self.data.y_train if self.pool is None else self.data.y_train[self.pool]
+        self.sampler = TargetSampler(y, self.data.num_classes, self.config.target_batch, self.rng)
+        self.fixed_labels = self.comps.backend.asarray(self.labels, "float64")
+
+    # -- the step -------------------------------------------------------------------
+    def make_trainer(self, init_params: dict[str, np.ndarray]):
+        """A trainer for the loss at the guard's current ridge and learning rate."""
+        config, b = self.config, self.comps.backend
+        loss_fn = make_kip_loss(self.comps, attrs.evolve(config, ridge=self.guard.ridge), self.fixed_labels)
+        return b.make_trainer(loss_fn, init_params, config.optimizer, self.guard.lr, config.dtype)
+
+    def advance(self) -> dict[str, Any]:
+        """Take the next step; returns ``{"step", "loss"}``.
+
+        Raises:
+            NonFiniteLossError, NotPositiveDefiniteError: the step failed numerically
+                beyond the guard's recoveries.
+        """
+        config, data, b = self.config, self.data, self.comps.backend
+        step = self.step + 1
+        idx = self.sampler() if self.pool is None else self.pool[self.sampler()]
+        batch = (b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64"))
+        if self.comps.kernel.is_random:
+            drawn = self.comps.kernel.sample_weights(step_seed(config.seed, step), data.x_train.shape[1:])
+            batch += ({k: b.asarray(v, config.dtype) for k, v in drawn.items()},)
+        loss_value = self._guarded_step(batch, step)
+        self.step = step
+        self.history["step"].append(step)
+        self.history["loss"].append(loss_value)
+        return {"step": step, "loss": loss_value}
+
+    def _guarded_step(self, batch, step: int) -> float:
+        """One trainer step under the numerical guard (:mod:`kdistill.core.guard`): on a
+        NaN/Inf loss or gradient, or a failed Cholesky, the last good state moves into a
+        trainer rebuilt with the guard's remedy and the same batch is retried."""
+        while True:
+            try:
+                return self.trainer.step(*batch)
+            except (NonFiniteLossError, NotPositiveDefiniteError) as exc:
+                if not self.guard.escalate(step, exc):
+                    raise type(exc)(self.guard.failure_message(step, exc) + self.where()) from exc
+                warnings.warn(self.guard.recovery_message(step, exc), RuntimeWarning, stacklevel=4)
+                good = self.trainer.state()
+                self.trainer = self.make_trainer({k[7:]: v for k, v in good.items() if k.startswith("params/")})
+                self.trainer.load_state(good)
+
+    # -- views ----------------------------------------------------------------------
+    def seconds(self) -> float:
+        """Training seconds so far, including earlier processes of a resumed run."""
+        return self.elapsed + time.perf_counter() - self.started
+
+    def current(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(images [n_s, ...], labels [n_s, C])`` of the current support set (numpy)."""
+        p = self.trainer.params_numpy()
+        return p["x_s"], p.get("y_s", self.labels)
+
+    def where(self) -> str:
+        """Where the run's progress is kept, for error messages."""
+        if self.run_dir is None:
+            return "; no checkpoint (pass a run directory and checkpoint_every to keep progress)"
+        if self.last_saved is None:
+            return f"; no checkpoint was written to {self.run_dir} yet"
+        return f"; the last checkpoint (step {self.last_saved}) in {self.run_dir} is intact"
+
+    def save(self) -> str:
+        """Write ``checkpoint.npz`` for the current step (atomic); returns its path.
+
+        Raises:
+            CheckpointError: the write failed; the message says what is intact.
+        """
+        ckpt = Checkpoint(
+            step=self.step, config=self.config.to_dict(), trainer_state=self.trainer.state(), labels=self.labels,
+            class_ids=self.class_ids, rng_state=self.rng.bit_generator.state, history=self.history,
+            guard=self.guard.to_dict(), data_fingerprint=self.fingerprint, elapsed_seconds=self.seconds(),
+            best=self.best.params, best_step=self.best.step, best_acc=self.best.acc,
+        )
+        try:
+            path = ckpt.save(checkpoint_path(self.run_dir))
+        except CheckpointError as exc:
+            advice = (f"free disk space and continue with `kdistill distill --resume {self.run_dir}`"
+                      if self.last_saved is not None or self.resumed else
+                      "free disk space and start the run again (there is nothing to resume)")
+            raise CheckpointError(f"{exc}. The run stopped after step {self.step}{self.where()}: {advice}") from exc
+        self.last_saved = self.step
+        return path
+
+
+class RunHook:
+    """Called by :func:`drive` at defined points; every method is optional.
+
+    ``after_step`` may add entries to ``info`` (later hooks see them), set
+    ``run.stop_reason`` to end the loop after this step, or raise to stop the run.
+    """
+
+    def after_step(self, run: KIPRun, info: dict[str, Any]) -> None:
+        """After step ``info["step"]``."""
+
+
+@attrs.define
+class Evaluation(RunHook):
+    """KRR accuracy every ``eval_every`` steps and after the last one (``eval_acc`` in
+    ``info``): on the first ``eval_test_size`` test examples, or, with a validation
+    split, on it under ``valid_kernel`` (best support set kept, patience counted)."""
+
+    def evaluate(self, run: KIPRun, step: int) -> float:
+        config, comps, data = run.config, run.comps, run.data
+        images, labels = run.current()
+        if run.valid is None:
+            limit = config.eval_test_size
+            acc = score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit],
+                                data.y_test[:limit])
+        else:
+            acc = score_support(comps.valid_kernel or comps.eval_kernel, comps, config, images, labels,
+                                data.x_train[run.valid], data.y_train[run.valid])
+            if run.best.acc is None or acc > run.best.acc:
+                run.best = Best(params=run.trainer.params_numpy(), step=step, acc=acc, since=0)
+            else:
+                run.best.since += 1
+        run.history["eval_step"].append(step)
+        run.history["eval_acc"].append(acc)
+        run.history["eval_seconds"].append(run.seconds())
+        return acc
+
+    def after_step(self, run, info):
+        every, step = run.config.eval_every, info["step"]
+        if every and (step % every == 0 or step == run.config.steps):
+            info["eval_acc"] = self.evaluate(run, step)
+
+
+@attrs.define
+class CallbackHook(RunHook):
+    """Calls ``callback(info)`` after every step (``step``, ``loss``, ``eval_acc`` on
+    evaluation steps)."""
+
+    callback: Callable[[dict], None]
+
+    def after_step(self, run, info):
+        self.callback(info)
+
+
+@attrs.define
+class Checkpoints(RunHook):
+    """``checkpoint.npz`` every ``checkpoint_every`` steps and after the last step;
+    on SIGINT/SIGTERM (recorded by ``stop``, a :class:`~kdistill.core.signals.StopRequest`)
+    a checkpoint, then :class:`RunInterrupted`."""
+
+    stop: Any
+
+    def after_step(self, run, info):
+        step, every, signum = info["step"], run.config.checkpoint_every, self.stop.signum  # the signal, once
+        if signum is not None or (every and (step % every == 0 or step == run.config.steps)):
+            path = run.save()
+        if signum is not None:
+            raise RunInterrupted(
+                f"interrupted by {signal.Signals(signum).name} after step {step} of {run.config.steps}; "
+                f"checkpoint written to {path}; continue with `kdistill distill --resume {run.run_dir}` "
+                "(Python: kdistill.distill(run_dir=..., resume=True))",
+                signum=signum, step=step, checkpoint=path,
+            )
+
+
+@attrs.define
+class StopConditions(RunHook):
+    """Ends the run after the step during which ``time_limit`` seconds passed (the last
+    support set then gets its validation score too), or after ``patience``
+    evaluations without a better validation accuracy."""
+
+    evaluation: Evaluation
+
+    def after_step(self, run, info):
+        config, step = run.config, info["step"]
+        out_of_time = bool(config.time_limit) and run.seconds() >= config.time_limit
+        if out_of_time and run.valid is not None and run.history["eval_step"][-1:] != [step]:
+            self.evaluation.evaluate(run, step)
+        if out_of_time:
+            run.stop_reason = "time_limit"
+        elif config.patience and run.best.since >= config.patience:
+            run.stop_reason = "patience"
+
+    @staticmethod
+    def already_met(run: KIPRun) -> bool:
+        """A resumed run that had stopped by its time limit or patience takes no step."""
+        config = run.config
+        return (bool(config.time_limit) and run.elapsed >= config.time_limit) or bool(
+            config.patience and run.best.since >= config.patience
+        )
+
+
+def drive(run: KIPRun, hooks: list[RunHook]) -> None:
+    """Steps ``run.step + 1 .. config.steps``, each followed by every hook in order,
+    until a hook sets ``run.stop_reason``."""
+    while run.step < run.config.steps and run.stop_reason is None:
+        info = run.advance()
+        for hook in hooks:
+            hook.after_step(run, info)

@@ -117,8 +117,8 @@ def run(
     (resume: it must hold a checkpoint of the same config), the config's option
     combinations and components are checked and built, the data prepared and the
     directory's free space checked (:mod:`kdistill.core.rundir`). Then ``on_start(config,
-    prepared_data, removed_files)`` (the CLI prints its header there), the method
-    (:data:`kdistill.core.kip.METHODS`), ``write(result)`` while the directory is still
+    prepared_data, removed_files)`` (the CLI prints its header there), the registered
+    method ``config.method`` (``kdistill plugins``), ``write(result)`` while the directory is still
     locked (the CLI writes its files there), and the transient last checkpoint is
     removed (``checkpoint_every = 0``).
 
@@ -132,18 +132,18 @@ def run(
         As :func:`distill`; whatever ``write`` raises (the checkpoint then stays).
     """
     from kdistill.core.checkpoint import check_same_config, read_checkpoint
-    from kdistill.core.kip import METHODS
+    from kdistill.core.registry import get_registry
     from kdistill.core.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
     _check_run_args(run_dir, resume, overwrite, callback, what)
+    check_run_config(config)
+    method = get_registry().get("methods", config.method).factory
+    if resume and not getattr(method, "resumable", False):
+        raise ConfigError(f"resume applies to KIP runs only; method {config.method!r} has no steps to resume")
     with contextlib.ExitStack() as stack:
         lock = None
         if resume:
             lock = stack.enter_context(RunDirectory(run_dir, mode="resume", what=what))
-        check_run_config(config)
-        if resume:
-            if config.method != "kip":
-                raise ConfigError("resume applies to KIP runs only; Label Solve has no steps to resume")
             check_same_config(read_checkpoint(run_dir), config.to_dict(), run_dir)
         comps = build_components(config)
         if run_dir is not None and not resume:
@@ -152,8 +152,7 @@ def run(
         removed = lock.prepare(estimate_run_bytes(config, prepared, grid)) if lock is not None else []
         if on_start is not None:
             on_start(config, prepared, removed)
-        result = METHODS[config.method](config, comps, prepared, callback=callback,
-                                        run_dir=run_dir if config.method == "kip" else None, resume=resume)
+        result = method(config, comps, prepared, callback=callback, run_dir=run_dir, resume=resume)
         if write is not None:
             write(result)
         if lock is not None:

@@ -35,7 +35,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option("--method", type=click.Choice(["kip", "label-solve"]), help="Default: kip.")
+@click.option("--method", help="Outer-loop method: kip (default), label-solve, or a plugin's (see `kdistill plugins`).")
 @click.option("--dataset", help="Registered dataset name (see `kdistill plugins`). Default: digits.")
 @click.option("--data-dir", help="Directory with the dataset's files (not needed for digits).")
 @click.option("--backend", help="jax or torch. Default: jax.")

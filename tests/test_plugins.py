@@ -41,9 +41,11 @@ BUILTINS = {
     "losses": ["mse", "platt"],
     "datasets": ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist", "svhn"],
     "architectures": ["convnet", "fc"],
+    "methods": ["kip", "label-solve"],
+    "callbacks": ["jsonl"],
 }
 SINGULAR = {"backends": "backend", "kernels": "kernel", "solvers": "solver", "losses": "loss",
-            "datasets": "dataset", "architectures": "architecture"}
+            "datasets": "dataset", "architectures": "architecture", "methods": "method", "callbacks": "callback"}
 FAST_ARGS = ["--steps", "3", "--ipc", "1", "--target-batch", "200", "--eval-every", "0", "--no-progress"]
 
 

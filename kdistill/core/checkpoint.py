@@ -56,7 +56,7 @@ HISTORY_KEYS = ("step", "loss", "eval_step", "eval_acc", "eval_seconds")
 FILENAME = "checkpoint.npz"
 
 #: Config fields that may differ on resume: they do not change the trajectory.
-RESUME_MAY_CHANGE = ("checkpoint_every", "time_limit", "threads")
+RESUME_MAY_CHANGE = ("checkpoint_every", "time_limit", "threads", "callbacks")
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:

@@ -37,7 +37,7 @@ from kdistill.core.errors import ConfigError
 
 PREPROCESS = ("standardize", "none", "zca")
 INITS = ("real", "noise")
-METHODS = ("kip", "label-solve")
+METHODS = ("kip", "label-solve")  # the built-in methods; plugins add more (registry kind "methods")
 DTYPES = ("float32", "float64")
 #: DistillConfig fields that hold a component (a name plus its parameters)
 _COMPONENT_FIELDS = ("kernel", "solver", "loss", "eval_kernel", "valid_kernel")
@@ -73,6 +73,15 @@ def _spec(default_name: str, **params):
         factory=lambda: ComponentSpec(name=default_name, params=dict(params)),
         converter=ComponentSpec.from_value,
     )
+
+
+def _spec_list(value: Any) -> list[ComponentSpec]:
+    """A list of components (names or ``{"name": ..., **params}`` tables)."""
+    if isinstance(value, (str, dict, ComponentSpec)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"callbacks must be a list of names or tables with 'name', got {value!r}")
+    return [ComponentSpec.from_value(v) for v in value]
 
 
 def _optional_spec():
@@ -239,7 +248,8 @@ class DistillConfig:
     """Everything that defines a KIP / Label Solve run.
 
     Attributes:
-        method: ``kip`` (learn the support set) or ``label-solve`` (closed-form labels
+        method: a registered method (``kdistill plugins``), built in: ``kip`` (learn
+            the support set) or ``label-solve`` (closed-form labels
             for class-balanced real support images; ``target_batch`` targets).
         dataset, data_dir: registered dataset name and its files' directory (None for
             embedded datasets such as ``digits``).
@@ -287,9 +297,11 @@ class DistillConfig:
             cores this process may use (``os.sched_getaffinity``). On a machine whose
             cores are shared with other CPU-bound work, 1 is often several times faster
             (see ``kdistill.core.threads``). May change on resume.
+        callbacks: run callbacks (registered plugins, e.g. ``[{name = "jsonl"}]``) the
+            KIP driver calls after every step: tracking and logging. May change on resume.
     """
 
-    method: str = attrs.field(default="kip", validator=_one_of(METHODS))
+    method: str = attrs.field(default="kip", validator=_name)
     dataset: str = attrs.field(default="digits", validator=_name)
     data_dir: str | None = attrs.field(default=None, validator=_optional_dir_path)
     preprocess: str = attrs.field(default="standardize", validator=_one_of(PREPROCESS))
@@ -320,6 +332,7 @@ class DistillConfig:
     patience: int = attrs.field(default=0, validator=_int_at_least(0))
     time_limit: float = attrs.field(default=0.0, converter=_int_to_float, validator=_nonneg_float)
     threads: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(1)))
+    callbacks: list[ComponentSpec] = attrs.field(factory=list, converter=_spec_list)
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -329,6 +342,8 @@ class DistillConfig:
             value = getattr(self, f.name)
             if value is None:
                 continue
+            if isinstance(value, list):
+                value = [v.to_dict() if isinstance(v, ComponentSpec) else v for v in value]
             out[f.name] = value.to_dict() if isinstance(value, ComponentSpec) else value
         return out
 

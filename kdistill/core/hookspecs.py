@@ -25,6 +25,13 @@ Factories:
   hyperparameters (subclasses of :class:`~kdistill.core.contracts.Kernel`,
   :class:`~kdistill.core.contracts.Solver`, :class:`~kdistill.core.contracts.Loss`).
 - datasets: ``loader(data_dir: str | None) -> kdistill.datasets.base.Dataset``.
+- methods: ``run(config, comps, data, callback=None, run_dir=None, resume=False) ->
+  DistilledSet`` (built in: ``kip``, ``label-solve`` in :mod:`kdistill.core.kip`);
+  an attribute ``resumable = True`` if it can continue from a checkpoint.
+- callbacks: a :class:`kdistill.core.loop.RunHook` subclass whose keyword constructor
+  takes its parameters (no work in ``__init__``); a run config lists them
+  (``callbacks = [{name = "my-tracker", dir = "logs"}]``) and the KIP driver calls
+  ``after_step(run, info)`` after every step.
 - architectures: a function of keyword hyperparameters returning a neural-tangents
   ``stax`` triple ``(init_fn, apply_fn, kernel_fn)``, e.g. ``stax.serial(...)``; the
   ``nt`` kernel selects it by name (``kernel = {name = "nt", arch = "my-resnet"}``).
@@ -78,3 +85,13 @@ def kdistill_register_architectures(register):
     returns ``(init_fn, apply_fn, kernel_fn)``. Import neural-tangents inside the
     function (through :func:`kdistill.core.optional.import_neural_tangents`), not at
     module import, so that kdistill starts without it."""
+
+
+@hookspec
+def kdistill_register_methods(register):
+    """Register outer-loop methods: ``register(name, run_function, description)``."""
+
+
+@hookspec
+def kdistill_register_callbacks(register):
+    """Register run callbacks (tracking, logging): ``register(name, hook_class, description)``."""

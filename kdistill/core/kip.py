@@ -151,6 +151,7 @@ def run_kip(
         hooks: list[RunHook] = [evaluation]
         if callback is not None:
             hooks.append(CallbackHook(callback))
+        hooks.extend(comps.callbacks)  # registered run callbacks (tracking, logging)
         if run_dir is not None:
             hooks.append(Checkpoints(stop))
         hooks.append(StopConditions(evaluation))
@@ -297,9 +298,7 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
     return _result(config, data, images, solved.astype(np.float32), class_ids, metrics, {}, {})
 
 
-#: Outer-loop methods by config name: ``fn(config, comps, data, callback=None,
-#: run_dir=None, resume=False) -> DistilledSet``.
-METHODS: dict[str, Callable[..., DistilledSet]] = {"kip": run_kip, "label-solve": run_label_solve}
+run_kip.resumable = True  # continues from a checkpoint (see kdistill.core.hookspecs: methods)
 
 
 def _result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:

@@ -40,9 +40,9 @@ import pluggy
 from kdistill.core import hookspecs
 from kdistill.core.errors import ConfigError, UnknownComponentError
 
-KINDS = ("backends", "kernels", "solvers", "losses", "datasets", "architectures")
+KINDS = ("backends", "kernels", "solvers", "losses", "datasets", "architectures", "methods", "callbacks")
 SINGULAR = {"backends": "backend", "kernels": "kernel", "solvers": "solver", "losses": "loss",
-            "datasets": "dataset", "architectures": "architecture"}
+            "datasets": "dataset", "architectures": "architecture", "methods": "method", "callbacks": "callback"}
 DISABLE_ENV = "KDISTILL_DISABLE_PLUGINS"
 SELF_DIST = "kdistill"
 #: What a registered name must look like: a letter or digit, then letters, digits,
@@ -391,7 +391,7 @@ def component_provenance(config: Any, registry: Registry | None = None) -> dict[
         registry: default: :func:`get_registry`.
     Returns:
         ``{role: {"kind", "name", "package", "version", "plugin"}}`` for the roles
-        ``backend``, ``dataset``, ``kernel``, ``eval_kernel``, ``valid_kernel`` (when
+        ``method``, ``backend``, ``dataset``, ``callbacks.<i>``, ``kernel``, ``eval_kernel``, ``valid_kernel`` (when
         set), ``solver``, ``loss``, plus ``"<role>.<param>"`` for parameters that name
         registered components themselves (e.g. ``kernel.arch`` of the ``nt`` kernel).
         A name that is not registered (any more) gets ``package``/``version``/``plugin``
@@ -410,8 +410,11 @@ def component_provenance(config: Any, registry: Registry | None = None) -> dict[
             out[role] = {"kind": SINGULAR[kind], "name": name, "package": None, "version": None, "plugin": None}
             return None
 
+    add("method", "methods", config.method)
     add("backend", "backends", config.backend)
     add("dataset", "datasets", config.dataset)
+    for i, spec in enumerate(getattr(config, "callbacks", ())):
+        add(f"callbacks.{i}", "callbacks", spec.name)
     for role, kind in (("kernel", "kernels"), ("eval_kernel", "kernels"), ("valid_kernel", "kernels"),
                        ("solver", "solvers"), ("loss", "losses")):
         spec = getattr(config, role, None)

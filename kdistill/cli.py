@@ -168,10 +168,9 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
     best = "" if m.get("best_step") is None else (
         f"best validation accuracy {100 * m['best_valid_acc']:.2f}% at step {m['best_step']} of {m['steps_run']}\n"
     )
-    click.echo(
-        f"{best}KRR test accuracy{n_test}: distilled {100 * m['distilled_acc']:.2f}%  vs  random real subset "
-        f"{100 * m['random_acc']:.2f}%{init}  ({m['total_seconds']:.1f} s)"
-    )
+    vs = "" if m.get("random_acc") is None else f"  vs  random real subset {100 * m['random_acc']:.2f}%"
+    took = "" if m.get("total_seconds") is None else f"  ({m['total_seconds']:.1f} s)"
+    click.echo(f"{best}KRR test accuracy{n_test}: distilled {100 * m['distilled_acc']:.2f}%{vs}{init}{took}")
     click.echo(f"wrote {out}/")
 
 

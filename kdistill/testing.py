@@ -1,5 +1,5 @@
-"""Conformance checks for kernel, random kernel, solver and loss plugins (run them in
-your plugin's CI, like scikit-learn's ``check_estimator``).
+"""Conformance checks for kernel, random kernel, solver, loss, method and run-callback
+plugins (run them in your plugin's CI, like scikit-learn's ``check_estimator``).
 
 Each check builds the component on every backend it declares (and that is
 installed), runs it on small random inputs and raises ``AssertionError`` with a
@@ -232,3 +232,90 @@ def check_loss(cls, *, seed: int = 0, rtol: float = 1e-8, **params: Any) -> None
         grads[b.name] = b.to_numpy(g["yhat"])
     _agree(values, f"{cls.__name__} values", rtol)
     _agree(grads, f"{cls.__name__} gradients", rtol)
+
+
+def _tiny_config(**fields: Any):
+    from kdistill.core.config import DistillConfig
+
+    base = dict(dataset="digits", ipc=2, steps=3, target_batch=100, eval_every=0, test_size=60, seed=0)
+    base.update(fields)
+    return DistillConfig(**base)
+
+
+def check_method(run: Callable[..., Any], *, backends: tuple[str, ...] = ("jax", "torch"), **fields: Any) -> None:
+    """Check an outer-loop method (``kdistill_register_methods``) on the embedded digits
+    data: it returns a :class:`~kdistill.core.artifact.DistilledSet` of ``ipc`` examples per
+    class in the data's shape with finite images and ``[n_s, C]`` labels; its
+    ``distilled_acc`` is the KRR accuracy of the set it returns (recomputed here with
+    the run's evaluation kernel, solver and ridge: a method cannot report another
+    number); a fixed seed gives the same set twice; the set saves and loads back.
+
+    Args:
+        run: the method, ``run(config, comps, data, callback=None, run_dir=None,
+            resume=False)``. backends: those to run it on (installed ones only).
+        fields: config fields for the tiny run (e.g. ``kernel="rbf"``).
+    """
+    import tempfile
+
+    from kdistill.core.artifact import DistilledSet, load
+    from kdistill.core.components import build_components, prepare_data
+    from kdistill.core.krr import accuracy, krr_predict
+
+    for name in backends:
+        try:
+            get_registry().backend(name)
+        except ConfigError:
+            continue
+        config = _tiny_config(backend=name, **fields)
+        comps, data = build_components(config), prepare_data(config)
+        out = run(config, comps, data, callback=None, run_dir=None, resume=False)
+        what = f"{getattr(run, '__name__', run)!r} on {name}"
+        assert isinstance(out, DistilledSet), f"{what} returned {type(out).__name__}, not a DistilledSet"
+        n_s, c = config.ipc * data.num_classes, data.num_classes
+        assert out.images.shape == (n_s, *data.x_train.shape[1:]), f"{what}: images {out.images.shape}"
+        assert out.labels.shape == (n_s, c), f"{what}: labels {out.labels.shape}, expected {(n_s, c)}"
+        assert np.isfinite(out.images).all() and np.isfinite(out.labels).all(), f"{what}: non-finite set"
+        assert np.bincount(out.class_ids, minlength=c).tolist() == [config.ipc] * c, f"{what}: not class-balanced"
+        pred = krr_predict(comps.eval_kernel, comps.solver, out.images, out.labels, data.x_test[: config.test_size],
+                           config.ridge, config.dtype)
+        acc = accuracy(pred, data.y_test[: config.test_size])
+        assert abs(out.metrics.get("distilled_acc", -1.0) - acc) <= 1e-9, (
+            f"{what}: metrics['distilled_acc'] = {out.metrics.get('distilled_acc')!r} but the set it returns "
+            f"scores {acc:.6f}")
+        again = run(config, build_components(config), prepare_data(config), callback=None, run_dir=None, resume=False)
+        assert np.array_equal(again.images, out.images), f"{what}: not deterministic for a fixed seed"
+        with tempfile.TemporaryDirectory() as tmp:
+            out.save(f"{tmp}/set.npz")
+            assert np.array_equal(load(f"{tmp}/set.npz").images, out.images), f"{what}: does not round-trip"
+
+
+def check_callback(factory: Callable[..., Any], *, backends: tuple[str, ...] = ("jax",), **params: Any) -> None:
+    """Check a run callback (``kdistill_register_callbacks``): a 3-step KIP run with it
+    calls ``after_step`` for steps 1, 2, 3 and gives exactly the set of a run without it
+    (tracking must not change results).
+
+    Args:
+        factory: the callback class; params: its parameters.
+    """
+    from kdistill.core.components import build_components, prepare_data
+    from kdistill.core.kip import run_kip
+    from kdistill.core.loop import RunHook
+
+    hook = factory(**params)
+    assert isinstance(hook, RunHook), f"{factory.__name__} must subclass kdistill.core.loop.RunHook"
+    seen: list[int] = []
+
+    class Spy(RunHook):
+        def after_step(self, run, info):
+            seen.append(info["step"])
+            hook.after_step(run, info)
+
+    for name in backends:
+        config = _tiny_config(backend=name)
+        comps, data = build_components(config), prepare_data(config)
+        plain = run_kip(config, comps, data)
+        comps.callbacks = [Spy()]
+        seen.clear()
+        with_hook = run_kip(config, comps, data)
+        assert seen == [1, 2, 3], f"{factory.__name__} saw steps {seen}, expected [1, 2, 3]"
+        assert np.array_equal(with_hook.images, plain.images), f"{factory.__name__} changed the result on {name}"

@@ -14,7 +14,7 @@ import kdistill.core.registry as registry_module
 from kdistill.cli import main
 from kdistill.core.errors import ConfigError, UnknownComponentError
 from kdistill.core.hookspecs import hookimpl
-from kdistill.core.kip import init_support, random_baseline, _result
+from kdistill.core.kip import init_support, make_result, random_baseline
 from kdistill.core.loop import RunHook
 from kdistill.core.registry import Registry
 
@@ -40,7 +40,7 @@ def random_subset_method(config, comps, data, callback=None, run_dir=None, resum
     metrics = {"method": "random-subset", "distilled_acc": None, "n_test": int(len(data.x_test))}
     metrics.update(random_baseline(comps, config, data))
     metrics["distilled_acc"] = metrics["random_acc"]
-    return _result(config, data, images, labels, class_ids, metrics, {}, {})
+    return make_result(config, data, images, labels, class_ids, metrics, {}, {})
 
 
 class ThirdParty:
@@ -130,3 +130,72 @@ def test_callbacks_may_change_on_resume(registry, tmp_path):
     assert [c[1] for c in StepRecorder.calls] == [3, 4]
     full = kdistill.distill(steps=4, **FAST)
     np.testing.assert_array_equal(resumed.images, full.images)
+
+
+# ------------------------------------------------------------------ the kit and the example plugin
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "kdistill-laplace"
+
+
+def example_module(name: str):
+    """A module of examples/kdistill-laplace, imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"kdistill_laplace_{name}_under_test",
+                                                  EXAMPLE / "kdistill_laplace" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_builtin_methods_and_callback_pass_the_kit(tmp_path):
+    from kdistill.core.kip import run_kip, run_label_solve
+    from kdistill.plugins.callbacks.jsonl import JSONLinesLog
+    from kdistill.testing import check_callback, check_method
+
+    check_method(run_kip)
+    check_method(run_label_solve, backends=("jax",))
+    check_callback(JSONLinesLog, path=str(tmp_path / "log.jsonl"))
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_kit_catches_a_method_that_misreports_its_accuracy():
+    from kdistill.testing import check_method
+
+    def inflated(config, comps, data, callback=None, run_dir=None, resume=False):
+        out = random_subset_method(config, comps, data)
+        out.metrics["distilled_acc"] = 0.999
+        return out
+
+    with pytest.raises(AssertionError, match="distilled_acc.*but the set it returns scores"):
+        check_method(inflated, backends=("jax",))
+
+
+def test_example_plugin_method_and_callback_pass_the_kit_and_run_from_the_cli(monkeypatch, tmp_path):
+    """examples/kdistill-laplace adds a method (kcenter) and a run callback (csv), one
+    file + one entry point each: both pass the kit and run from `kdistill distill`."""
+    from kdistill.testing import check_callback, check_method
+
+    kcenter, csv_log = example_module("kcenter"), example_module("csv_log")
+    check_method(kcenter.run_kcenter)
+    check_callback(csv_log.CSVLog, path=str(tmp_path / "kit.csv"))
+    pyproject = (EXAMPLE / "pyproject.toml").read_text()
+    assert 'kcenter = "kdistill_laplace.kcenter"' in pyproject and 'csv = "kdistill_laplace.csv_log"' in pyproject
+
+    reg = Registry(third_party=False)
+    for module in (kcenter, csv_log):
+        reg.register_plugin(module, package="kdistill-laplace", version="0.1.0")
+    monkeypatch.setattr(registry_module, "_default", reg)
+    run = CliRunner().invoke(main, ["distill", "--method", "kcenter", "--ipc", "2", "--out", str(tmp_path / "kc"),
+                                    "--no-progress", "--no-grid"])
+    assert run.exit_code == 0, run.output
+    metrics = json.loads((tmp_path / "kc" / "metrics.json").read_text())
+    assert metrics["method"] == "kcenter" and metrics["components"]["method"]["package"] == "kdistill-laplace"
+    run = CliRunner().invoke(main, ["distill", "--steps", "4", "--ipc", "2", "--target-batch", "200",
+                                    "--eval-every", "2", "-s", 'callbacks=[{name="csv"}]', "--out",
+                                    str(tmp_path / "csv"), "--no-progress", "--no-grid"])
+    assert run.exit_code == 0, run.output
+    rows = (tmp_path / "csv" / "steps.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,eval_acc,seconds" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    history = json.loads((tmp_path / "csv" / "metrics.json").read_text())
+    assert history["method"] == "kip"

@@ -187,7 +187,7 @@ def run_kip(
     metrics["total_seconds"] = run.seconds()
     loss_params = {k[5:]: v for k, v in final_params.items() if k.startswith("loss/")}
     images, labels = final_params["x_s"], final_params.get("y_s", run.labels)
-    return _result(config, data, images, labels, run.class_ids, metrics, history, loss_params)
+    return make_result(config, data, images, labels, run.class_ids, metrics, history, loss_params)
 
 
 def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPRun:
@@ -295,13 +295,26 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
     }
     metrics.update(random_baseline(comps, config, data))
     metrics["total_seconds"] = time.perf_counter() - start
-    return _result(config, data, images, solved.astype(np.float32), class_ids, metrics, {}, {})
+    return make_result(config, data, images, solved.astype(np.float32), class_ids, metrics, {}, {})
 
 
 run_kip.resumable = True  # continues from a checkpoint (see kdistill.core.hookspecs: methods)
 
 
-def _result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:
+def make_result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:
+    """The :class:`DistilledSet` of a finished run, with the metadata every method records
+    (public: third-party methods return their sets through it).
+
+    Args:
+        config: the run's DistillConfig; data: its PreparedData (transform, dataset info).
+        images: ``[n_s, H, W, C]`` support images in preprocessed space; labels: ``[n_s, C]``;
+        class_ids: ``[n_s]`` int; metrics: at least ``method`` and ``distilled_acc``;
+        history: per-step lists (``{}`` for methods without steps); loss_params: learned
+            loss parameters (``{}`` if none).
+    Returns:
+        The set, with ``metrics`` extended by the kernels, backend and the provenance of
+        every component.
+    """
     from kdistill.version import __version__
     from kdistill.core.registry import component_provenance
 

@@ -146,6 +146,7 @@ def run(
             lock = stack.enter_context(RunDirectory(run_dir, mode="resume", what=what))
             check_same_config(read_checkpoint(run_dir), config.to_dict(), run_dir)
         comps = build_components(config)
+        comps.callbacks = [get_registry().create("callbacks", spec.name, **spec.params) for spec in config.callbacks]
         if run_dir is not None and not resume:
             lock = stack.enter_context(RunDirectory(run_dir, overwrite=overwrite, what=what))
         prepared = prepare_data(config, data)

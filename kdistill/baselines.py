@@ -192,7 +192,7 @@ def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
 
     if seed is not None:
         seed = check_seed(seed)  # before the data is loaded
-    config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
+    config = DistillConfig.from_artifact(artifact.config).with_overrides(overrides or {})
     if data is None:
         data = prepare_with_transform(config, artifact, check_data=check_data)
     n = len(artifact.images)

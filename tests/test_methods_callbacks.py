@@ -199,3 +199,15 @@ def test_example_plugin_method_and_callback_pass_the_kit_and_run_from_the_cli(mo
     assert rows[0] == "step,loss,eval_acc,seconds" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     history = json.loads((tmp_path / "csv" / "metrics.json").read_text())
     assert history["method"] == "kip"
+
+
+def test_an_artifact_made_with_a_callback_plugin_evaluates_without_it(registry, monkeypatch, tmp_path):
+    """Callbacks and threads concern the run, not the set: evaluating an artifact whose
+    run used a third-party callback needs neither the plugin nor the run's threads."""
+    from kdistill.core.evaluate import evaluate_artifact
+
+    res = kdistill.distill(steps=2, callbacks=["recorder"], threads=1, **FAST)
+    res.save(tmp_path / "set.npz")
+    monkeypatch.setattr(registry_module, "_default", Registry(third_party=False))  # plugin gone
+    out = evaluate_artifact(kdistill.load(tmp_path / "set.npz"))
+    assert out["distilled_acc"] == pytest.approx(res.metrics["distilled_acc"])

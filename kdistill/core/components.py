@@ -31,7 +31,7 @@ class Components:
     loss: Loss
     eval_kernel: Kernel
     valid_kernel: Kernel | None = None  # None: eval_kernel
-    callbacks: list = attrs.field(factory=list)  # RunHook instances of config.callbacks
+    callbacks: list = attrs.field(factory=list)  # RunHook instances of config.callbacks (set by api.run)
 
 
 def build_component(registry: Registry, kind: str, spec: ComponentSpec, backend) -> Any:
@@ -51,11 +51,9 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
     """Create and bind the backend, kernel, solver, loss and evaluation kernel.
 
     Raises:
-        UnknownComponentError, ConfigError, IncompatibleComponentsError: also for an
-            unknown method or callback.
+        UnknownComponentError, ConfigError, IncompatibleComponentsError.
     """
     registry = registry or get_registry()
-    registry.get("methods", config.method)  # an unknown method fails here, listing the known ones
     backend = registry.backend(config.backend)
     apply_threads(config.threads)  # after the backend's import, before its first computation
     kernel = build_component(registry, "kernels", config.kernel, backend)
@@ -69,7 +67,6 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
         loss=build_component(registry, "losses", config.loss, backend),
         eval_kernel=eval_kernel,
         valid_kernel=build_component(registry, "kernels", valid_spec, backend),
-        callbacks=[registry.create("callbacks", spec.name, **spec.params) for spec in config.callbacks],
     )
 
 

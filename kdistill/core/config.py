@@ -37,6 +37,9 @@ from kdistill.core.errors import ConfigError
 
 PREPROCESS = ("standardize", "none", "zca")
 INITS = ("real", "noise")
+#: Fields that concern only the run itself, not the set it made (dropped when an
+#: artifact's config is used to evaluate it).
+RUN_ONLY = ("callbacks", "threads")
 METHODS = ("kip", "label-solve")  # the built-in methods; plugins add more (registry kind "methods")
 DTYPES = ("float32", "float64")
 #: DistillConfig fields that hold a component (a name plus its parameters)
@@ -358,6 +361,13 @@ class DistillConfig:
             return cls(**data)
         except TypeError as exc:
             raise ConfigError(f"invalid config: {exc}") from exc
+
+    @classmethod
+    def from_artifact(cls, data: dict[str, Any]) -> "DistillConfig":
+        """The config recorded in an artifact, for evaluating it: as :meth:`from_dict`, less
+        what only concerned the run that made it (``callbacks``, ``threads``), so that
+        scoring a set needs none of that run's plugins and uses this machine's threads."""
+        return cls.from_dict({k: v for k, v in data.items() if k not in RUN_ONLY})
 
     def to_toml(self) -> str:
         """TOML text; ``DistillConfig.from_toml(c.to_toml()) == c``."""

@@ -85,7 +85,7 @@ def evaluate_artifact(
             :func:`kdistill.core.krr.krr_predict` (e.g. NumericalError for a degenerate
             kernel).
     """
-    config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
+    config = DistillConfig.from_artifact(artifact.config).with_overrides(overrides or {})
     comps = build_components(config)
     data = prepare_with_transform(config, artifact, check_data=check_data)
     ipc = len(artifact.images) // data.num_classes

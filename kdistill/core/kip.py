@@ -158,8 +158,10 @@ def run_kip(
         drive(run, hooks)
         train_seconds = run.seconds()
         final_step = run.step
-        if run_dir is not None and run.last_saved != final_step:
-            run.save()  # the distilled set is safe before the final evaluation starts
+        if run_dir is not None and (run.last_saved != final_step or run.stop_reason is not None):
+            # the distilled set is safe before the final evaluation starts; after a stop
+            # (time limit, patience) also with the stop's last validation score and time
+            run.save()
         if stop.signum is not None:  # a signal during that write
             raise RunInterrupted(
                 f"interrupted by {signal.Signals(stop.signum).name} after the last step ({final_step}); "

@@ -12,15 +12,11 @@ from typing import Iterator
 import numpy as np
 
 from kdistill.core.contracts import Kernel, Solver
+from kdistill.core.config import plain
 from kdistill.core.errors import ConfigError, DataError, IncompatibleComponentsError, NumericalError
 
 #: Default number of target rows per kernel block.
 BLOCK_SIZE = 2048
-
-
-def _plain(value):
-    """numpy scalars as Python numbers, so messages say "got 2", not "got np.int64(2)"."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def as_real_array(x, what: str, ndim: int | None = None, min_ndim: int = 1) -> np.ndarray:
@@ -53,11 +49,11 @@ def _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size):
             f"kernel is bound to {kernel.b.name!r} but solver to {solver.b.name!r}; bind both to one backend"
         )
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (np.isfinite(ridge) and ridge >= 0):
-        raise ConfigError(f"ridge must be a finite number >= 0, got {_plain(ridge)!r}")
+        raise ConfigError(f"ridge must be a finite number >= 0, got {plain(ridge)!r}")
     if dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ConfigError(f"block_size must be an integer >= 1, got {_plain(block_size)!r}")
+        raise ConfigError(f"block_size must be an integer >= 1, got {plain(block_size)!r}")
     x_s = as_real_array(x_s, "x_s (support inputs [n_s, ...])", min_ndim=2)
     if len(x_s) == 0:
         raise DataError("x_s (support inputs): the support set is empty")
@@ -311,7 +307,7 @@ def label_solve(
     if isinstance(label_ridge, bool) or not isinstance(label_ridge, (int, float)) or not (
         np.isfinite(label_ridge) and label_ridge > 0
     ):
-        raise ConfigError(f"label_ridge must be a finite number > 0, got {_plain(label_ridge)!r}")
+        raise ConfigError(f"label_ridge must be a finite number > 0, got {plain(label_ridge)!r}")
     check_kernel_matrix(kernel, x_s, dtype)
     b = solver.b
     xp = b.xp

@@ -152,7 +152,9 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
     _warn_old_thread_variable()
     try:
         import torch  # noqa: F401  (imported first so that apply_threads sets its thread count)
-
+    except ImportError as exc:
+        _fail(f"finite-network evaluation needs PyTorch ({exc}); install it with: pip install -e \".[torch]\"")
+    try:
         apply_threads(threads)
         art = load(path)
         protocol = load_protocol(model, protocol_file, nn_sets, seeds)

@@ -275,7 +275,7 @@ def evaluate_nn(
         from kdistill.core.config import DistillConfig
         from kdistill.core.evaluate import prepare_with_transform
 
-        config = DistillConfig.from_dict(artifact.config).with_overrides(overrides or {})
+        config = DistillConfig.from_artifact(artifact.config).with_overrides(overrides or {})
         data = prepare_with_transform(config, artifact, check_data=check_data)
     targets = make_targets(artifact.labels, artifact.class_ids, protocol)
     start = time.perf_counter()

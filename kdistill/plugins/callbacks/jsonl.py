@@ -14,7 +14,9 @@ from kdistill.core.loop import RunHook
 class JSONLinesLog(RunHook):
     """Appends ``{"step", "loss", "lr", "ridge", "seconds"[, "eval_acc"]}`` per step to
     ``path`` (relative paths are relative to the run directory when the run has one,
-    else to the working directory); the file is opened at the first step.
+    else to the working directory), opened for appending at each step (a resumed run
+    appends the steps after its checkpoint again). The default ``steps.jsonl`` in a run
+    directory is one of the run's files (``--overwrite`` removes it).
 
     Args:
         path: the log file (default ``steps.jsonl``).

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -37,7 +37,7 @@ def nt_kernel_fn(depth: int = 3):
     """The same architecture in neural-tangents ``stax`` (jitted kernel_fn)."""
     import jax
 
-    from kdistill.core.optional import import_neural_tangents
+    from kdistill.runtime.optional import import_neural_tangents
 
     stax = import_neural_tangents().stax
     w, b = math.sqrt(2.0), 0.1

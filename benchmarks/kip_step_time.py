@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from kdistill.core.components import build_components
+from kdistill.runtime.components import build_components
 from kdistill.core.config import DistillConfig
 from kdistill.core.loop import make_kip_loss
 from kdistill.core.sampling import centered_one_hot

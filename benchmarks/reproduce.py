@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import kdistill  # noqa: E402
 from kdistill.core.config import DistillConfig  # noqa: E402
-from kdistill.core.safeio import write_text_atomic  # noqa: E402
+from kdistill.io.safeio import write_text_atomic  # noqa: E402
 
 
 def load_config(path: Path) -> tuple[DistillConfig, dict]:

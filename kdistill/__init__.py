@@ -13,7 +13,7 @@ from __future__ import annotations
 from kdistill.version import __version__  # noqa: E402
 
 from kdistill.api import distill, label_solve, load, make_config  # noqa: E402
-from kdistill.core.artifact import DistilledSet  # noqa: E402
+from kdistill.io.artifact import DistilledSet  # noqa: E402
 from kdistill.core.config import DistillConfig  # noqa: E402
 
 __all__ = ["distill", "label_solve", "load", "make_config", "DistillConfig", "DistilledSet", "__version__"]

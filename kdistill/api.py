@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from kdistill.core.artifact import DistilledSet
-from kdistill.core.artifact import load as load  # re-export
-from kdistill.core.components import build_components, check_run_config, prepare_data
+from kdistill.io.artifact import DistilledSet
+from kdistill.io.artifact import load as load  # re-export
+from kdistill.runtime.components import build_components, check_run_config, prepare_data
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 
 def make_config(config: DistillConfig | dict | str | Path | None = None, **overrides: Any) -> DistillConfig:
@@ -90,7 +90,7 @@ def distill(
     """
     _check_run_args(run_dir, resume, overwrite, callback, "run_dir")
     if resume and config is None:
-        from kdistill.core.checkpoint import read_checkpoint
+        from kdistill.io.checkpoint import read_checkpoint
 
         config = read_checkpoint(run_dir).config
     return run(make_config(config, **overrides), data=data, callback=callback, run_dir=run_dir, resume=resume,
@@ -116,7 +116,7 @@ def run(
     In order, before any work: the run directory (``run_dir``) is locked and checked
     (resume: it must hold a checkpoint of the same config), the config's option
     combinations and components are checked and built, the data prepared and the
-    directory's free space checked (:mod:`kdistill.core.rundir`). Then ``on_start(config,
+    directory's free space checked (:mod:`kdistill.io.rundir`). Then ``on_start(config,
     prepared_data, removed_files)`` (the CLI prints its header there), the registered
     method ``config.method`` (``kdistill plugins``), ``write(result)`` while the directory is still
     locked (the CLI writes its files there), and the transient last checkpoint is
@@ -131,9 +131,9 @@ def run(
     Raises:
         As :func:`distill`; whatever ``write`` raises (the checkpoint then stays).
     """
-    from kdistill.core.checkpoint import check_same_config, read_checkpoint
+    from kdistill.io.checkpoint import check_same_config, read_checkpoint
     from kdistill.core.registry import get_registry
-    from kdistill.core.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
+    from kdistill.io.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
     _check_run_args(run_dir, resume, overwrite, callback, what)
     check_run_config(config)

@@ -1,6 +1,6 @@
 """Baseline support sets of the same size and format as a distilled set.
 
-Every baseline is a :class:`~kdistill.core.artifact.DistilledSet` in the *same
+Every baseline is a :class:`~kdistill.io.artifact.DistilledSet` in the *same
 preprocessed space* (the distilled artifact's own transform) with centered one-hot
 labels, so ``kdistill evaluate`` scores distilled sets and baselines through one
 code path and under one protocol:
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kdistill.core.errors import ConfigError, DataError
+from kdistill.errors import ConfigError, DataError
 from kdistill.core.sampling import balanced_subset, centered_one_hot, class_indices
 
 BASELINES = ("random", "kmeans", "herding")
@@ -131,7 +131,7 @@ def make_baseline(kind: str, data, ipc: int, seed: int, config: dict[str, Any],
 
     Args:
         kind: ``random``, ``kmeans`` or ``herding``.
-        data: :class:`kdistill.core.components.PreparedData` (preprocessed, the
+        data: :class:`kdistill.runtime.components.PreparedData` (preprocessed, the
             transform the baseline will carry).
         config: the run config dict to store (the distilled set's, so the baseline
             loads the same dataset); ``ipc``, ``steps=0``, ``learn_labels=false`` and
@@ -140,7 +140,7 @@ def make_baseline(kind: str, data, ipc: int, seed: int, config: dict[str, Any],
         ConfigError: unknown kind, bad ipc, or a seed not in ``[0, 2**32 - 1]``.
         DataError: a class with fewer than ipc images.
     """
-    from kdistill.core.artifact import DistilledSet
+    from kdistill.io.artifact import DistilledSet
 
     if kind not in BASELINES:
         raise ConfigError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
@@ -180,15 +180,15 @@ def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
         data: PreparedData in the artifact's space (default: loaded with its transform).
         check_data: refuse (default) or only warn about loaded data that differ from
             those the artifact was distilled from
-            (:func:`kdistill.core.evaluate.prepare_with_transform`).
+            (:func:`kdistill.runtime.evaluate.prepare_with_transform`).
     Returns:
         ``{kind: DistilledSet}``.
     Raises:
         ConfigError: ``seed`` is not an integer in ``[0, 2**32 - 1]`` (checked first).
-        DataError: see :func:`kdistill.core.evaluate.prepare_with_transform`.
+        DataError: see :func:`kdistill.runtime.evaluate.prepare_with_transform`.
     """
     from kdistill.core.config import DistillConfig
-    from kdistill.core.evaluate import prepare_with_transform
+    from kdistill.runtime.evaluate import prepare_with_transform
 
     if seed is not None:
         seed = check_seed(seed)  # before the data is loaded

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from kdistill.core.errors import KdistillError, RunInterrupted
+from kdistill.errors import KdistillError, RunInterrupted
 from kdistill.nn.commands import allow_data_mismatch_option, threads_option
 
 # CLI flag -> config field (None values are not overrides)
@@ -103,8 +103,8 @@ class _WriteFailed(Exception):
 
 def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags) -> None:
     from kdistill.api import make_config, run
-    from kdistill.core.checkpoint import read_checkpoint
-    from kdistill.core.errors import ConfigError
+    from kdistill.io.checkpoint import read_checkpoint
+    from kdistill.errors import ConfigError
 
     try:
         overrides = {k: v for k, v in flags.items() if k in _FLAG_FIELDS and v is not None}
@@ -176,7 +176,7 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
 
 def _write_outputs(out: Path, cfg, result, grid: bool) -> None:
     """distilled.npz, config.toml, metrics.json (each written atomically) and grid.png."""
-    from kdistill.core.safeio import write_text_atomic
+    from kdistill.io.safeio import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "distilled.npz")
@@ -257,8 +257,8 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
         return
     from tqdm.auto import tqdm
 
-    from kdistill.core.artifact import load
-    from kdistill.core.evaluate import evaluate_artifact
+    from kdistill.io.artifact import load
+    from kdistill.runtime.evaluate import evaluate_artifact
 
     path = Path(artifact)
     if path.is_dir():

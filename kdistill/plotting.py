@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdistill.core.errors import DataError
+from kdistill.errors import DataError
 
 
 def save_image_grid(

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from kdistill.core.errors import ArtifactError
+from kdistill.errors import ArtifactError
 
 
 class ReportWarning(UserWarning):
@@ -172,7 +172,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         ArtifactError: no readable ``distilled.npz`` in ``run_dir``; an unreadable,
             malformed or edited ``nn_*.json``; class ids or names the report cannot show.
     """
-    from kdistill.core.artifact import load
+    from kdistill.io.artifact import load
     from kdistill.nn.train import read_result, support_digest
 
     run_dir = Path(run_dir)
@@ -259,7 +259,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
             NN result file; class ids outside the artifact's classes.
     """
     from kdistill.version import __version__
-    from kdistill.core.safeio import atomic_write, write_text_atomic
+    from kdistill.io.safeio import atomic_write, write_text_atomic
 
     info = collect(run_dir)
     for w in info["warnings"]:

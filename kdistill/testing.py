@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kdistill.core.contracts import RandomKernel, step_seed
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.core.registry import get_registry
 
 
@@ -244,7 +244,7 @@ def _tiny_config(**fields: Any):
 
 def check_method(run: Callable[..., Any], *, backends: tuple[str, ...] = ("jax", "torch"), **fields: Any) -> None:
     """Check an outer-loop method (``kdistill_register_methods``) on the embedded digits
-    data: it returns a :class:`~kdistill.core.artifact.DistilledSet` of ``ipc`` examples per
+    data: it returns a :class:`~kdistill.io.artifact.DistilledSet` of ``ipc`` examples per
     class in the data's shape with finite images and ``[n_s, C]`` labels; its
     ``distilled_acc`` is the KRR accuracy of the set it returns (recomputed here with
     the run's evaluation kernel, solver and ridge: a method cannot report another
@@ -257,8 +257,8 @@ def check_method(run: Callable[..., Any], *, backends: tuple[str, ...] = ("jax",
     """
     import tempfile
 
-    from kdistill.core.artifact import DistilledSet, load
-    from kdistill.core.components import build_components, prepare_data
+    from kdistill.io.artifact import DistilledSet, load
+    from kdistill.runtime.components import build_components, prepare_data
     from kdistill.core.krr import accuracy, krr_predict
 
     for name in backends:
@@ -297,8 +297,8 @@ def check_callback(factory: Callable[..., Any], *, backends: tuple[str, ...] = (
     Args:
         factory: the callback class; params: its parameters.
     """
-    from kdistill.core.components import build_components, prepare_data
-    from kdistill.core.kip import run_kip
+    from kdistill.runtime.components import build_components, prepare_data
+    from kdistill.plugins.methods.kip import run_kip
     from kdistill.core.loop import RunHook
 
     hook = factory(**params)

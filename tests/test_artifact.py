@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 import kdistill
 from kdistill.cli import main
-from kdistill.core import safeio
-from kdistill.core.artifact import FORMAT, FORMAT_VERSION, DistilledSet
-from kdistill.core.components import prepare_data
-from kdistill.core.errors import ArtifactError
-from kdistill.core.evaluate import evaluate_artifact
-from kdistill.core.preprocess import ChannelStandardizer, Identity
+from kdistill.io import safeio
+from kdistill.io.artifact import FORMAT, FORMAT_VERSION, DistilledSet
+from kdistill.runtime.components import prepare_data
+from kdistill.errors import ArtifactError
+from kdistill.runtime.evaluate import evaluate_artifact
+from kdistill.datasets.preprocess import ChannelStandardizer, Identity
 from kdistill.datasets import load_digits
 
 FAST = dict(dataset="digits", ipc=2, target_batch=200, eval_every=0)

@@ -30,16 +30,16 @@ os.environ.setdefault("KDISTILL_DISABLE_PLUGINS", "1")  # also when run as a scr
 
 import kdistill  # noqa: E402
 from kdistill.cli import main as cli_main  # noqa: E402
-from kdistill.core.artifact import DistilledSet  # noqa: E402
-from kdistill.core.checkpoint import HISTORY_KEYS, Checkpoint, checkpoint_path, load_checkpoint  # noqa: E402
+from kdistill.io.artifact import DistilledSet  # noqa: E402
+from kdistill.io.checkpoint import HISTORY_KEYS, Checkpoint, checkpoint_path, load_checkpoint  # noqa: E402
 from kdistill.core.config import DistillConfig  # noqa: E402
-from kdistill.core.evaluate import evaluate_artifact  # noqa: E402
-from kdistill.core.errors import (  # noqa: E402
+from kdistill.runtime.evaluate import evaluate_artifact  # noqa: E402
+from kdistill.errors import (  # noqa: E402
     ArtifactError, CheckpointError, ConfigError, DataError, DataFileError, IncompatibleComponentsError,
     UnknownComponentError,
 )
 from kdistill.core.krr import krr_predict, label_solve  # noqa: E402
-from kdistill.core.preprocess import Identity  # noqa: E402
+from kdistill.datasets.preprocess import Identity  # noqa: E402
 from kdistill.core.registry import get_registry  # noqa: E402
 from kdistill.datasets import Dataset  # noqa: E402
 from kdistill.datasets.mnist import IDX_FILES  # noqa: E402

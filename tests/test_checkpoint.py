@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import kdistill
-from kdistill.core.checkpoint import (
+from kdistill.io.checkpoint import (
     FORMAT_VERSION, checkpoint_path, decode_rng_state, encode_rng_state, load_checkpoint,
 )
-from kdistill.core.errors import CheckpointError, RunInterrupted
+from kdistill.errors import CheckpointError, RunInterrupted
 from kdistill.datasets import load_digits
 
 FAST = dict(ipc=2, target_batch=200, eval_every=0, seed=7)

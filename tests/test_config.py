@@ -20,7 +20,7 @@ from kdistill.core.config import (
     DistillConfig,
     parse_override,
 )
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 FIELD_NAMES = [f.name for f in attrs.fields(DistillConfig)]
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.plugins.kernels.convnet import ConvNetKernel, ConvNetNoPoolKernel
 from kdistill.testing import check_kernel
 
@@ -24,7 +24,7 @@ ARCHS = [
 
 
 def _nt_kernel_fn(depth, pool, readout, stem, sw2=2.0, sb2=0.01):
-    from kdistill.core.optional import import_neural_tangents
+    from kdistill.runtime.optional import import_neural_tangents
 
     try:
         nt = import_neural_tangents()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdistill.core.errors import DataError, DataFileError
+from kdistill.errors import DataError, DataFileError
 from kdistill.datasets import (
     Dataset,
     kdistill_register_datasets,

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 import kdistill
-from kdistill.core.artifact import DistilledSet
-from kdistill.core.checkpoint import Checkpoint, checkpoint_path, load_checkpoint
-from kdistill.core.components import Components, prepare_data
+from kdistill.io.artifact import DistilledSet
+from kdistill.io.checkpoint import Checkpoint, checkpoint_path, load_checkpoint
+from kdistill.runtime.components import Components, prepare_data
 from kdistill.core.config import DistillConfig
 from kdistill.core.contracts import Kernel
-from kdistill.core.errors import (
+from kdistill.errors import (
     ArtifactError, CheckpointError, NonFiniteLossError, NotPositiveDefiniteError, NumericalError,
 )
-from kdistill.core.kip import run_kip
+from kdistill.plugins.methods.kip import run_kip
 from kdistill.core.registry import get_registry
 from kdistill.datasets import Dataset, load_digits
 from kdistill.plugins.kernels.fc import FCKernel

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import kdistill
-from kdistill.core.checkpoint import config_differences, load_checkpoint
+from kdistill.io.checkpoint import config_differences, load_checkpoint
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import ArtifactError, CheckpointError
+from kdistill.errors import ArtifactError, CheckpointError
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import kdistill
-from kdistill.core.artifact import DistilledSet
-from kdistill.core.checkpoint import Checkpoint, load_checkpoint
+from kdistill.io.artifact import DistilledSet
+from kdistill.io.checkpoint import Checkpoint, load_checkpoint
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import KdistillError
+from kdistill.errors import KdistillError
 from kdistill.core.krr import krr_predict, label_solve
-from kdistill.core.preprocess import ChannelStandardizer
+from kdistill.datasets.preprocess import ChannelStandardizer
 from kdistill.core.registry import get_registry
 from kdistill.datasets import Dataset
 from kdistill.plugins.kernels.fc import FCKernel
@@ -203,7 +203,7 @@ def test_config_from_random_dicts(fields):
         return
     assert DistillConfig.from_toml(cfg.to_toml()) == cfg
     try:  # components are validated when built
-        from kdistill.core.components import build_components
+        from kdistill.runtime.components import build_components
 
         build_components(cfg)
     except KdistillError:

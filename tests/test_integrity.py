@@ -30,14 +30,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kdistill
-from kdistill.core import artifact as artifact_mod
-from kdistill.core import checkpoint as checkpoint_mod
-from kdistill.core import safeio
-from kdistill.core.artifact import DistilledSet
-from kdistill.core.checkpoint import Checkpoint, checkpoint_path, load_checkpoint
+from kdistill.io import artifact as artifact_mod
+from kdistill.io import checkpoint as checkpoint_mod
+from kdistill.io import safeio
+from kdistill.io.artifact import DistilledSet
+from kdistill.io.checkpoint import Checkpoint, checkpoint_path, load_checkpoint
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import ArtifactError, CheckpointError, DataFileError, KdistillError
-from kdistill.core.preprocess import ChannelStandardizer
+from kdistill.errors import ArtifactError, CheckpointError, DataFileError, KdistillError
+from kdistill.datasets.preprocess import ChannelStandardizer
 from kdistill.datasets import mnist as mnist_mod
 
 RNG = np.random.default_rng(7)

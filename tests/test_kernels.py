@@ -296,8 +296,8 @@ def test_fc_gradient_matches_finite_differences(jax_backend, rng):
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_fc_matches_neural_tangents(jax_backend, rng, depth):
-    from kdistill.core.errors import ConfigError
-    from kdistill.core.optional import import_neural_tangents
+    from kdistill.errors import ConfigError
+    from kdistill.runtime.optional import import_neural_tangents
 
     try:
         nt = import_neural_tangents()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kdistill
-from kdistill.core.errors import DataError, NonFiniteLossError
+from kdistill.errors import DataError, NonFiniteLossError
 
 FAST = dict(ipc=2, target_batch=300, eval_every=0)
 

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 import kdistill
 import kdistill.core.registry as registry_module
 from kdistill.cli import main
-from kdistill.core.errors import ConfigError, UnknownComponentError
+from kdistill.errors import ConfigError, UnknownComponentError
 from kdistill.core.hookspecs import hookimpl
-from kdistill.core.kip import init_support, make_result, random_baseline
+from kdistill.runtime.support import init_support, make_result, random_baseline
 from kdistill.core.loop import RunHook
 from kdistill.core.registry import Registry
 
@@ -149,7 +149,8 @@ def example_module(name: str):
 
 
 def test_builtin_methods_and_callback_pass_the_kit(tmp_path):
-    from kdistill.core.kip import run_kip, run_label_solve
+    from kdistill.plugins.methods.kip import run_kip
+    from kdistill.plugins.methods.label_solve import run_label_solve
     from kdistill.plugins.callbacks.jsonl import JSONLinesLog
     from kdistill.testing import check_callback, check_method
 
@@ -204,7 +205,7 @@ def test_example_plugin_method_and_callback_pass_the_kit_and_run_from_the_cli(mo
 def test_an_artifact_made_with_a_callback_plugin_evaluates_without_it(registry, monkeypatch, tmp_path):
     """Callbacks and threads concern the run, not the set: evaluating an artifact whose
     run used a third-party callback needs neither the plugin nor the run's threads."""
-    from kdistill.core.evaluate import evaluate_artifact
+    from kdistill.runtime.evaluate import evaluate_artifact
 
     res = kdistill.distill(steps=2, callbacks=["recorder"], threads=1, **FAST)
     res.save(tmp_path / "set.npz")

@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 import kdistill  # noqa: E402
 from kdistill.baselines import herding_select, kmeans_centroids, make_baseline, random_subset  # noqa: E402
 from kdistill.cli import main  # noqa: E402
-from kdistill.core.errors import ConfigError  # noqa: E402
+from kdistill.errors import ConfigError  # noqa: E402
 from kdistill.nn.protocol import NNProtocol  # noqa: E402
 from kdistill.nn.train import make_targets, train_one  # noqa: E402
 
@@ -268,7 +268,7 @@ def test_cli_nn_errors(run_dir):
 
 def test_make_baseline_rejects_unknown_kind(run_dir):
     from kdistill.core.config import DistillConfig
-    from kdistill.core.evaluate import prepare_with_transform
+    from kdistill.runtime.evaluate import prepare_with_transform
 
     art = kdistill.load(run_dir / "distilled.npz")
     data = prepare_with_transform(DistillConfig.from_dict(art.config), art)

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from kdistill.core.errors import ConfigError, IncompatibleComponentsError
+from kdistill.errors import ConfigError, IncompatibleComponentsError
 from kdistill.plugins.kernels.convnet import ConvNetKernel
 from kdistill.plugins.kernels.fc import FCKernel
 from kdistill.plugins.kernels.nt import NTKernel
@@ -17,7 +17,7 @@ from kdistill.plugins.kernels.nt import NTKernel
 
 @pytest.fixture
 def nt_available():
-    from kdistill.core.optional import import_neural_tangents
+    from kdistill.runtime.optional import import_neural_tangents
 
     try:
         import_neural_tangents()
@@ -65,7 +65,7 @@ def test_import_paths_are_refused_without_importing(monkeypatch):
 def test_jax_only(jax_backend, torch_backend, registry):
     with pytest.raises(IncompatibleComponentsError, match="supports: jax"):
         NTKernel().bind(torch_backend)
-    from kdistill.core.components import build_components
+    from kdistill.runtime.components import build_components
     from kdistill.core.config import DistillConfig
 
     with pytest.raises(IncompatibleComponentsError, match="convnet"):
@@ -92,7 +92,7 @@ def test_missing_neural_tangents_gives_install_instructions(tmp_path):
         sys.modules["neural_tangents"] = None  # makes `import neural_tangents` fail
         import kdistill
         from kdistill.core.registry import Registry
-        from kdistill.core.errors import ConfigError
+        from kdistill.errors import ConfigError
         reg = Registry()
         assert "nt" in reg.names("kernels")
         k = reg.create("kernels", "nt", arch="convnet")

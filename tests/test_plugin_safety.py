@@ -35,7 +35,7 @@ import kdistill
 import kdistill.core.registry as registry_module
 from kdistill.cli import main
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import ConfigError, KdistillError, UnknownComponentError
+from kdistill.errors import ConfigError, KdistillError, UnknownComponentError
 from kdistill.core.registry import Registry
 
 FAST = ["--steps", "1", "--ipc", "1", "--target-batch", "200", "--eval-every", "0", "--no-progress", "--no-grid"]
@@ -160,7 +160,7 @@ def test_artifact_config_never_imports_code(evil, small_set, tmp_path, field):
     assert result.exit_code == 2, result.output
     assert_refused(result.stderr, path)
     # the library too: loading is allowed, building its components refuses
-    from kdistill.core.components import build_components
+    from kdistill.runtime.components import build_components
 
     art = kdistill.load(run / "distilled.npz")
     with pytest.raises(ConfigError, match="must be the name of a registered architecture"):
@@ -169,7 +169,7 @@ def test_artifact_config_never_imports_code(evil, small_set, tmp_path, field):
 
 
 def test_checkpoint_config_never_imports_code(evil, tmp_path):
-    from kdistill.core.checkpoint import checkpoint_path, load_checkpoint
+    from kdistill.io.checkpoint import checkpoint_path, load_checkpoint
 
     path, marker = evil
     run = tmp_path / "run"
@@ -228,7 +228,7 @@ from kdistill.core.hookspecs import hookimpl
 CALLS = []
 
 def tiny(width=1, sw2=2.0):
-    from kdistill.core.optional import import_neural_tangents
+    from kdistill.runtime.optional import import_neural_tangents
     stax = import_neural_tangents().stax
     CALLS.append(width)
     return stax.serial(stax.Flatten(), stax.Dense(width, W_std=sw2 ** 0.5), stax.Relu(), stax.Dense(1))
@@ -242,7 +242,7 @@ def kdistill_register_architectures(register):
 def test_third_party_architecture_by_registered_name(site, jax_backend):
     """A package registers an architecture through the hook; the nt kernel uses it by
     name and the run's provenance names the package."""
-    from kdistill.core.optional import import_neural_tangents
+    from kdistill.runtime.optional import import_neural_tangents
 
     try:
         import_neural_tangents()

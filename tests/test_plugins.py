@@ -24,10 +24,10 @@ import kdistill
 import kdistill.api
 import kdistill.core.registry as registry_module
 from kdistill.cli import main
-from kdistill.core.components import build_components
+from kdistill.runtime.components import build_components
 from kdistill.core.config import DistillConfig
 from kdistill.core.contracts import Kernel
-from kdistill.core.errors import ConfigError, IncompatibleComponentsError, UnknownComponentError
+from kdistill.errors import ConfigError, IncompatibleComponentsError, UnknownComponentError
 from kdistill.core.hookspecs import hookimpl
 from kdistill.core.registry import KINDS, Registry
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.core.contracts import step_seed
 from kdistill.plugins.kernels.convnet import ConvNetKernel
 from kdistill.plugins.kernels.fc import FCKernel

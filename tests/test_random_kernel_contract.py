@@ -18,7 +18,7 @@ import pytest
 import kdistill
 from kdistill.core import registry as registry_module
 from kdistill.core.contracts import ContractError, Kernel, RandomKernel, step_seed
-from kdistill.core.errors import KdistillError
+from kdistill.errors import KdistillError
 from kdistill.core.hookspecs import hookimpl
 from kdistill.core.registry import Registry
 from kdistill.testing import check_random_kernel

@@ -29,9 +29,9 @@ pytest.importorskip("torch")
 
 import kdistill  # noqa: E402
 from kdistill.cli import main  # noqa: E402
-from kdistill.core.artifact import DistilledSet  # noqa: E402
-from kdistill.core.errors import ArtifactError, ConfigError, DataError, KdistillError, NumericalError  # noqa: E402
-from kdistill.core.safeio import write_json_sealed  # noqa: E402
+from kdistill.io.artifact import DistilledSet  # noqa: E402
+from kdistill.errors import ArtifactError, ConfigError, DataError, KdistillError, NumericalError  # noqa: E402
+from kdistill.io.safeio import write_json_sealed  # noqa: E402
 from kdistill.nn.protocol import NNProtocol  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def one_thread():
 
 def make_set(seed=0, n_classes=3, ipc=2, class_names=None, method="kip", dataset="toy", class_ids=None):
     """A small DistilledSet built directly (no distillation)."""
-    from kdistill.core.preprocess import fit_preprocessor
+    from kdistill.datasets.preprocess import fit_preprocessor
 
     rng = np.random.default_rng(seed)
     n = n_classes * ipc
@@ -344,7 +344,7 @@ def test_cli_rejects_non_finite_protocol_numbers(tmp_path, flag):
 # ---------------------------------------------------------------- §4: diverged networks
 
 def prepared_toy():
-    from kdistill.core.components import PreparedData
+    from kdistill.runtime.components import PreparedData
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((30, 4, 4, 1)).astype(np.float32)
@@ -409,7 +409,7 @@ def test_kernel_degeneracy_criterion():
 
 @pytest.fixture(scope="module")
 def digits_subset():
-    from kdistill.core.components import prepare_data
+    from kdistill.runtime.components import prepare_data
     from kdistill.core.config import DistillConfig
 
     data = prepare_data(DistillConfig())
@@ -502,7 +502,7 @@ def test_artifact_records_a_data_fingerprint(mnist_run):
 
 
 def test_evaluation_on_the_same_data_passes(mnist_run):
-    from kdistill.core.evaluate import evaluate_artifact
+    from kdistill.runtime.evaluate import evaluate_artifact
 
     run, dirs = mnist_run
     res = evaluate_artifact(kdistill.load(run / "distilled.npz"))
@@ -516,7 +516,7 @@ def test_evaluation_on_the_same_data_passes(mnist_run):
     ("relabelled", ["test split: same size and pixel statistics, but different images or labels"]),
 ])
 def test_evaluation_on_other_data_is_refused(mnist_run, which, fragments):
-    from kdistill.core.evaluate import DataMismatchWarning, evaluate_artifact
+    from kdistill.runtime.evaluate import DataMismatchWarning, evaluate_artifact
 
     run, dirs = mnist_run
     art = kdistill.load(run / "distilled.npz")
@@ -546,7 +546,7 @@ def test_nn_evaluation_allows_other_data_on_request(mnist_run):
     assert r.exit_code == 0, r.output
     assert "warning: the 'mnist' data loaded" in r.output and "test split: 60 images now, 30" in r.output
     assert json.loads((run / "nn_x.json").read_text())["n_test"] == 60
-    from kdistill.core.evaluate import DataMismatchWarning
+    from kdistill.runtime.evaluate import DataMismatchWarning
 
     with pytest.warns(DataMismatchWarning, match="train split: per-channel pixel mean"):
         r = run_cli("evaluate", run, "--data-dir", dirs["inverted"], "--allow-data-mismatch")
@@ -554,7 +554,7 @@ def test_nn_evaluation_allows_other_data_on_request(mnist_run):
 
 
 def test_artifact_without_fingerprint_is_checked_on_sizes(mnist_run, tmp_path):
-    from kdistill.core.evaluate import evaluate_artifact
+    from kdistill.runtime.evaluate import evaluate_artifact
 
     run, dirs = mnist_run
     art = kdistill.load(run / "distilled.npz")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import kdistill
-from kdistill.core.components import build_components, prepare_data
+from kdistill.runtime.components import build_components, prepare_data
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import DataError, IncompatibleComponentsError, RunInterrupted
-from kdistill.core.kip import split_validation
+from kdistill.errors import DataError, IncompatibleComponentsError, RunInterrupted
+from kdistill.runtime.support import split_validation
 
 RF = {"name": "rf-convnet", "n_models": 2, "width": 8, "depth": 2}
 FAST = dict(ipc=2, target_batch=200, kernel=RF, solver="feature", loss="platt", eval_kernel={"name": "fc"})

@@ -25,9 +25,9 @@ from click.testing import CliRunner
 
 import kdistill
 from kdistill.cli import main
-from kdistill.core import errors
-from kdistill.core.checkpoint import Checkpoint, checkpoint_path, load_checkpoint
-from kdistill.core.errors import CheckpointError, ConfigError, KdistillError
+from kdistill import errors
+from kdistill.io.checkpoint import Checkpoint, checkpoint_path, load_checkpoint
+from kdistill.errors import CheckpointError, ConfigError, KdistillError
 
 FAST = dict(ipc=2, target_batch=200, eval_every=0, seed=7)
 CLI_FAST = ["--ipc", "2", "--target-batch", "200", "--eval-every", "0", "--seed", "7", "--no-progress", "--no-grid"]
@@ -153,7 +153,7 @@ def test_second_run_and_resume_of_a_running_directory_fail_naming_the_pid(tmp_pa
         first.communicate()
     # the OS released the lock with the process: the run can be resumed (the stale PID
     # file is simply replaced)
-    from kdistill.core.rundir import RunDirectory
+    from kdistill.io.rundir import RunDirectory
 
     with RunDirectory(run, mode="resume") as taken:
         assert taken.locked and (run / ".kdistill.pid").read_text().split() == [str(os.getpid())]
@@ -165,7 +165,7 @@ def test_second_run_and_resume_of_a_running_directory_fail_naming_the_pid(tmp_pa
 
 SLOW_FINAL_EVALUATION = r"""
 import pathlib, sys, time
-import kdistill.core.kip as kip
+import kdistill.plugins.methods.kip as kip
 
 marker, real = pathlib.Path(sys.argv[1]), kip.evaluate_support
 
@@ -300,7 +300,7 @@ def test_too_long_output_path_is_a_clear_error(tmp_path):
 
 
 def test_nn_evaluation_into_a_locked_run_directory_is_refused_before_training(tmp_path):
-    from kdistill.core.rundir import RunDirectory
+    from kdistill.io.rundir import RunDirectory
 
     kdistill.distill(steps=1, **FAST).save(tmp_path / "distilled.npz")
     with RunDirectory(tmp_path, mode="update"):  # as a running command holds it
@@ -315,7 +315,7 @@ def test_baseline_and_report_into_a_locked_run_directory_are_refused(tmp_path, c
     """``baseline`` (writing RUN/baselines/) and ``report`` (RUN/report.*) take the same
     lock as a run: while another command holds it they stop at once, naming its PID,
     and write nothing."""
-    from kdistill.core.rundir import RunDirectory
+    from kdistill.io.rundir import RunDirectory
 
     kdistill.distill(steps=1, **FAST).save(tmp_path / "distilled.npz")
     with RunDirectory(tmp_path, mode="update"):  # as a running command holds it

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from kdistill.core.errors import NotPositiveDefiniteError
+from kdistill.errors import NotPositiveDefiniteError
 from kdistill.core.krr import krr_predict, label_solve
 from kdistill.plugins.kernels.fc import FCKernel
 from kdistill.plugins.kernels.rbf import RBFKernel

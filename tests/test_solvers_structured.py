@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kdistill.core.contracts import Kernel
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.core.registry import Registry, get_registry
 from kdistill.plugins.kernels.rbf import RBFKernel
 from kdistill.plugins.solvers.cholesky import CholeskySolver

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdistill.core.errors import ArtifactError, DataError
-from kdistill.core.preprocess import (
+from kdistill.errors import ArtifactError, DataError
+from kdistill.datasets.preprocess import (
     PREPROCESSORS,
     RegularizedZCA,
     fit_preprocessor,
@@ -80,7 +80,7 @@ def test_artifact_round_trip_and_evaluation_use_the_stored_transform(tmp_path):
     """A distilled artifact with preprocess="zca" stores the fitted transform; after
     reload it transforms new data identically and evaluation uses it."""
     import kdistill
-    from kdistill.core.evaluate import evaluate_artifact
+    from kdistill.runtime.evaluate import evaluate_artifact
 
     res = kdistill.distill(preprocess="zca", steps=2, ipc=1, target_batch=100, eval_every=0, seed=3)
     assert res.transform.name == "zca"

@@ -34,7 +34,7 @@ class Trainer(ABC):
         """One optimizer step on ``loss_fn(params, *batch)``; returns the loss.
 
         Raises:
-            kdistill.core.errors.NonFiniteLossError: loss or a gradient is NaN/Inf;
+            kdistill.errors.NonFiniteLossError: loss or a gradient is NaN/Inf;
                 parameters and optimizer state are left unchanged.
         """
 
@@ -61,7 +61,7 @@ class Trainer(ABC):
         the learning rate may differ).
 
         Raises:
-            kdistill.core.errors.CheckpointError: keys, shapes or dtypes do not fit
+            kdistill.errors.CheckpointError: keys, shapes or dtypes do not fit
                 this trainer (the message lists them); nothing is changed.
         """
 
@@ -276,7 +276,7 @@ def check_state(state: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarr
     Raises:
         CheckpointError: listing missing, unexpected and mismatched entries.
     """
-    from kdistill.core.errors import CheckpointError
+    from kdistill.errors import CheckpointError
 
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
@@ -291,7 +291,7 @@ def check_state(state: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarr
 
 def check_optimizer(name: str, lr: float) -> None:
     """Raise ConfigError for an unknown optimizer or a non-positive learning rate."""
-    from kdistill.core.errors import ConfigError
+    from kdistill.errors import ConfigError
 
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")

@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 PREPROCESS = ("standardize", "none", "zca")
 INITS = ("real", "noise")
@@ -258,7 +258,7 @@ class DistillConfig:
             embedded datasets such as ``digits``).
         preprocess: ``standardize`` (per-channel, fitted on the train split), ``zca``
             (per-image layer norm + ZCA with strength 0.1, fitted on the train split; see
-            ``kdistill.core.preprocess.RegularizedZCA``) or ``none``.
+            ``kdistill.datasets.preprocess.RegularizedZCA``) or ``none``.
         backend: ``jax`` or ``torch`` (or a plugin's).
         kernel, solver, loss: components (name + hyperparameters).
         eval_kernel: kernel for KRR evaluation; None means the training kernel.
@@ -299,7 +299,7 @@ class DistillConfig:
         threads: threads for torch, the BLAS libraries and (for 1) XLA; None = the
             cores this process may use (``os.sched_getaffinity``). On a machine whose
             cores are shared with other CPU-bound work, 1 is often several times faster
-            (see ``kdistill.core.threads``). May change on resume.
+            (see ``kdistill.runtime.threads``). May change on resume.
         callbacks: run callbacks (registered plugins, e.g. ``[{name = "jsonl"}]``) the
             KIP driver calls after every step: tracking and logging. May change on resume.
     """

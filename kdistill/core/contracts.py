@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from kdistill.core.backend import Backend
-from kdistill.core.errors import ConfigError, IncompatibleComponentsError, KdistillError
+from kdistill.errors import ConfigError, IncompatibleComponentsError, KdistillError
 
 
 @attrs.define(kw_only=True)
@@ -132,7 +132,7 @@ class RandomKernel(Kernel, ABC):
 
     This contract is exactly what kdistill calls on a random kernel:
 
-    1. In KIP step ``t`` (:func:`kdistill.core.kip.run_kip`), on the host::
+    1. In KIP step ``t`` (:func:`kdistill.plugins.methods.kip.run_kip`), on the host::
 
            weights = kernel.sample_weights(step_seed(run_seed, t), x_train.shape[1:])
 

@@ -26,7 +26,7 @@ Factories:
   :class:`~kdistill.core.contracts.Solver`, :class:`~kdistill.core.contracts.Loss`).
 - datasets: ``loader(data_dir: str | None) -> kdistill.datasets.base.Dataset``.
 - methods: ``run(config, comps, data, callback=None, run_dir=None, resume=False) ->
-  DistilledSet`` (built in: ``kip``, ``label-solve`` in :mod:`kdistill.core.kip`);
+  DistilledSet`` (built in: ``kip``, ``label-solve`` in :mod:`kdistill.plugins.methods`);
   an attribute ``resumable = True`` if it can continue from a checkpoint.
 - callbacks: a :class:`kdistill.core.loop.RunHook` subclass whose keyword constructor
   takes its parameters (no work in ``__init__``); a run config lists them
@@ -83,7 +83,7 @@ def kdistill_register_architectures(register):
     """Register neural-tangents architectures for the ``nt`` kernel:
     ``register(name, arch_function, description)``; ``arch_function(**arch_params)``
     returns ``(init_fn, apply_fn, kernel_fn)``. Import neural-tangents inside the
-    function (through :func:`kdistill.core.optional.import_neural_tangents`), not at
+    function (through :func:`kdistill.runtime.optional.import_neural_tangents`), not at
     module import, so that kdistill starts without it."""
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from kdistill.core.contracts import Kernel, Solver
 from kdistill.core.config import plain
-from kdistill.core.errors import ConfigError, DataError, IncompatibleComponentsError, NumericalError
+from kdistill.errors import ConfigError, DataError, IncompatibleComponentsError, NumericalError
 
 #: Default number of target rows per kernel block.
 BLOCK_SIZE = 2048

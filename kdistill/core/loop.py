@@ -7,23 +7,15 @@ sampler's generator, the numerical guard, the history and the best support set s
 a random kernel's weights (RFAD), one guarded optimizer step. The step's loss is a
 mean over target examples, which is what lets a target batch be split over devices.
 
-Everything else happens in hooks called at defined points (:class:`RunHook`):
-
-- :class:`Evaluation`: KRR accuracy every ``eval_every`` steps, on the test set or on
-  the validation split (best support set kept, patience counted);
-- :class:`CallbackHook`: a user's ``callback(info)`` (progress bars, tracking);
-- :class:`Checkpoints`: ``checkpoint.npz`` every ``checkpoint_every`` steps and on
-  SIGINT/SIGTERM (then :class:`~kdistill.core.errors.RunInterrupted`);
-- :class:`StopConditions`: ``time_limit`` and ``patience``.
-
-:func:`drive` runs the steps through the hooks; :func:`kdistill.core.kip.run_kip`
-adds the final checkpoint and evaluation.
+Everything else happens in hooks called at defined points (:class:`RunHook`; the
+built-in ones, evaluation, checkpoints, stop conditions and callbacks, are in
+:mod:`kdistill.runtime.hooks`). :func:`drive` runs the steps through the hooks;
+:func:`kdistill.plugins.methods.kip.run_kip` adds the final checkpoint and evaluation.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 import warnings
 from typing import Any, Callable
@@ -31,22 +23,13 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
-from kdistill.core.checkpoint import Checkpoint, checkpoint_path
-from kdistill.core.components import Components, PreparedData
+from kdistill.io.checkpoint import Checkpoint, checkpoint_path
+from kdistill.runtime.components import Components, PreparedData
 from kdistill.core.config import DistillConfig
 from kdistill.core.contracts import step_seed
-from kdistill.core.errors import CheckpointError, NonFiniteLossError, NotPositiveDefiniteError, RunInterrupted
+from kdistill.errors import CheckpointError, NonFiniteLossError, NotPositiveDefiniteError
 from kdistill.core.guard import NumericalGuard
-from kdistill.core.krr import accuracy, krr_predict
 from kdistill.core.sampling import TargetSampler
-
-
-def score_support(kernel, comps: Components, config: DistillConfig, images, labels, x, y, progress=None) -> float:
-    """KRR accuracy (fraction in [0, 1]) of the support set ``images [n_s, ...]``,
-    ``labels [n_s, C]`` on examples ``x [n, ...]`` with class ids ``y [n]``, under
-    ``kernel`` and the run's solver and ridge."""
-    pred = krr_predict(kernel, comps.solver, images, labels, x, config.ridge, config.dtype, progress=progress)
-    return accuracy(pred, y)
 
 
 def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -> Callable:
@@ -219,96 +202,6 @@ class RunHook:
 
     def after_step(self, run: KIPRun, info: dict[str, Any]) -> None:
         """After step ``info["step"]``."""
-
-
-@attrs.define
-class Evaluation(RunHook):
-    """KRR accuracy every ``eval_every`` steps and after the last one (``eval_acc`` in
-    ``info``): on the first ``eval_test_size`` test examples, or, with a validation
-    split, on it under ``valid_kernel`` (best support set kept, patience counted)."""
-
-    def evaluate(self, run: KIPRun, step: int) -> float:
-        config, comps, data = run.config, run.comps, run.data
-        images, labels = run.current()
-        if run.valid is None:
-            limit = config.eval_test_size
-            acc = score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit],
-                                data.y_test[:limit])
-        else:
-            acc = score_support(comps.valid_kernel or comps.eval_kernel, comps, config, images, labels,
-                                data.x_train[run.valid], data.y_train[run.valid])
-            if run.best.acc is None or acc > run.best.acc:
-                run.best = Best(params=run.trainer.params_numpy(), step=step, acc=acc, since=0)
-            else:
-                run.best.since += 1
-        run.history["eval_step"].append(step)
-        run.history["eval_acc"].append(acc)
-        run.history["eval_seconds"].append(run.seconds())
-        return acc
-
-    def after_step(self, run, info):
-        every, step = run.config.eval_every, info["step"]
-        if every and (step % every == 0 or step == run.config.steps):
-            info["eval_acc"] = self.evaluate(run, step)
-
-
-@attrs.define
-class CallbackHook(RunHook):
-    """Calls ``callback(info)`` after every step (``step``, ``loss``, ``eval_acc`` on
-    evaluation steps)."""
-
-    callback: Callable[[dict], None]
-
-    def after_step(self, run, info):
-        self.callback(info)
-
-
-@attrs.define
-class Checkpoints(RunHook):
-    """``checkpoint.npz`` every ``checkpoint_every`` steps and after the last step;
-    on SIGINT/SIGTERM (recorded by ``stop``, a :class:`~kdistill.core.signals.StopRequest`)
-    a checkpoint, then :class:`RunInterrupted`."""
-
-    stop: Any
-
-    def after_step(self, run, info):
-        step, every, signum = info["step"], run.config.checkpoint_every, self.stop.signum  # the signal, once
-        if signum is not None or (every and (step % every == 0 or step == run.config.steps)):
-            path = run.save()
-        if signum is not None:
-            raise RunInterrupted(
-                f"interrupted by {signal.Signals(signum).name} after step {step} of {run.config.steps}; "
-                f"checkpoint written to {path}; continue with `kdistill distill --resume {run.run_dir}` "
-                "(Python: kdistill.distill(run_dir=..., resume=True))",
-                signum=signum, step=step, checkpoint=path,
-            )
-
-
-@attrs.define
-class StopConditions(RunHook):
-    """Ends the run after the step during which ``time_limit`` seconds passed (the last
-    support set then gets its validation score too), or after ``patience``
-    evaluations without a better validation accuracy."""
-
-    evaluation: Evaluation
-
-    def after_step(self, run, info):
-        config, step = run.config, info["step"]
-        out_of_time = bool(config.time_limit) and run.seconds() >= config.time_limit
-        if out_of_time and run.valid is not None and run.history["eval_step"][-1:] != [step]:
-            self.evaluation.evaluate(run, step)
-        if out_of_time:
-            run.stop_reason = "time_limit"
-        elif config.patience and run.best.since >= config.patience:
-            run.stop_reason = "patience"
-
-    @staticmethod
-    def already_met(run: KIPRun) -> bool:
-        """A resumed run that had stopped by its time limit or patience takes no step."""
-        config = run.config
-        return (bool(config.time_limit) and run.elapsed >= config.time_limit) or bool(
-            config.patience and run.best.since >= config.patience
-        )
 
 
 def drive(run: KIPRun, hooks: list[RunHook]) -> None:

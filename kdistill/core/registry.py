@@ -38,7 +38,7 @@ import attrs
 import pluggy
 
 from kdistill.core import hookspecs
-from kdistill.core.errors import ConfigError, UnknownComponentError
+from kdistill.errors import ConfigError, UnknownComponentError
 
 KINDS = ("backends", "kernels", "solvers", "losses", "datasets", "architectures", "methods", "callbacks")
 SINGULAR = {"backends": "backend", "kernels": "kernel", "solvers": "solver", "losses": "loss",

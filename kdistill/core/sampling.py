@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdistill.core.errors import DataError
+from kdistill.errors import DataError
 
 
 def centered_one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:

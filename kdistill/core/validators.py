@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 
 def positive(inst, attr, value) -> None:

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import attrs
 import numpy as np
 
-from kdistill.core.errors import DataError, DataFileError
+from kdistill.errors import DataError, DataFileError
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdistill.core.errors import DataFileError
+from kdistill.errors import DataFileError
 from kdistill.datasets.base import Dataset, check_labels, resolve_dir
 
 try:  # numpy >= 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdistill.core.errors import DataFileError, KdistillError
+from kdistill.errors import DataFileError, KdistillError
 from kdistill.datasets.base import Dataset, resolve_dir
 
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")

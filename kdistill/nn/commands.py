@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from kdistill.core.errors import KdistillError
-from kdistill.core.threads import apply_threads
+from kdistill.errors import KdistillError
+from kdistill.runtime.threads import apply_threads
 
 
 #: ``--threads`` of every command that computes (distill, evaluate, baseline).
@@ -39,10 +39,10 @@ def _warn_old_thread_variable() -> None:
 
 
 def run_dir_lock(run_dir: Path):
-    """The run directory's exclusive lock (:class:`kdistill.core.rundir.RunDirectory`,
+    """The run directory's exclusive lock (:class:`kdistill.io.rundir.RunDirectory`,
     ``update`` mode), held while a command adds files to a run: not while a run or
     another command writes there (:class:`RunDirectoryInUse` names its PID)."""
-    from kdistill.core.rundir import RunDirectory
+    from kdistill.io.rundir import RunDirectory
 
     return RunDirectory(run_dir, mode="update", what="run directory")
 
@@ -69,7 +69,7 @@ def read_protocol_file(protocol_file: str | os.PathLike):
             its top level is not a table/object (e.g. a JSON list or string), or the
             protocol in it is invalid (the message names the file).
     """
-    from kdistill.core.errors import ConfigError
+    from kdistill.errors import ConfigError
     from kdistill.nn.protocol import NNProtocol
 
     path = Path(protocol_file)
@@ -105,7 +105,7 @@ def read_protocol_file(protocol_file: str | os.PathLike):
 def load_protocol(model: str, protocol_file: str | None, nn_sets: tuple[str, ...], seeds: str | None):
     """NNProtocol from defaults for ``model``, an optional JSON/TOML file (a protocol
     dict, or a result file holding ``protocol``), ``-p key=value`` overrides and ``--seeds``."""
-    from kdistill.core.errors import ConfigError
+    from kdistill.errors import ConfigError
     from kdistill.nn.protocol import NNProtocol
 
     protocol = NNProtocol.default(model)
@@ -133,7 +133,7 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
     """Train the protocol's networks on ARTIFACT, print mean ± std, write the JSON result.
 
     The result goes to ``--out`` or ``<artifact dir>/nn_<model>.json``. ``threads`` sets
-    torch's and BLAS's thread count (:func:`kdistill.core.threads.apply_threads`; 1 is
+    torch's and BLAS's thread count (:func:`kdistill.runtime.threads.apply_threads`; 1 is
     fastest for small networks on a loaded machine; numbers are reproducible per
     thread count, which the result records). Data that differ from those ARTIFACT was
     distilled from are refused unless ``allow_data_mismatch``; a diverged network is an
@@ -143,9 +143,9 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
 
     import warnings
 
-    from kdistill.core.artifact import load
-    from kdistill.core.evaluate import DataMismatchWarning
-    from kdistill.core.safeio import write_json_sealed
+    from kdistill.io.artifact import load
+    from kdistill.runtime.evaluate import DataMismatchWarning
+    from kdistill.io.safeio import write_json_sealed
     from kdistill.nn.train import evaluate_nn
 
     path = _artifact_path(artifact)
@@ -200,7 +200,7 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_misma
     distilled set; `kdistill report RUN_DIR` then shows them side by side.
     """
     from kdistill.baselines import BASELINES, baselines_for
-    from kdistill.core.artifact import load
+    from kdistill.io.artifact import load
 
     path = _artifact_path(artifact)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 PROTOCOL_VERSION = 1
 MODELS = ("convnet", "fc")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kdistill.core.errors import ConfigError, DataError
+from kdistill.errors import ConfigError, DataError
 from kdistill.nn.protocol import NNProtocol
 
 RESULT_FORMAT = "kdistill-nn-eval"
@@ -248,13 +248,13 @@ def evaluate_nn(
     """Train ``protocol`` networks on a distilled set, one per seed; full test accuracy.
 
     Args:
-        artifact: a :class:`kdistill.core.artifact.DistilledSet`.
+        artifact: a :class:`kdistill.io.artifact.DistilledSet`.
         data: a :class:`PreparedData` already in the artifact's preprocessed space
             (default: the artifact's dataset loaded and passed through its transform).
         overrides: config overrides for loading the data (e.g. ``{"data_dir": ...}``).
         progress: ``progress(seed_index, steps_done)``.
         check_data: compare the loaded dataset with the one the artifact was distilled
-            from (:func:`kdistill.core.evaluate.prepare_with_transform`); False skips it.
+            from (:func:`kdistill.runtime.evaluate.prepare_with_transform`); False skips it.
     Returns:
         The result dict stored as ``nn_<model>.json``: ``format``, ``format_version``,
         ``protocol`` (dict), ``protocol_id``, ``test_acc`` (per seed), ``mean``,
@@ -269,11 +269,11 @@ def evaluate_nn(
             for a diverged protocol, since the remaining seeds' mean would be biased.
     """
     from kdistill.version import __version__
-    from kdistill.core.errors import NumericalError
+    from kdistill.errors import NumericalError
 
     if data is None:
         from kdistill.core.config import DistillConfig
-        from kdistill.core.evaluate import prepare_with_transform
+        from kdistill.runtime.evaluate import prepare_with_transform
 
         config = DistillConfig.from_artifact(artifact.config).with_overrides(overrides or {})
         data = prepare_with_transform(config, artifact, check_data=check_data)
@@ -378,12 +378,12 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         ArtifactError: not a readable result file, no integrity record or content that
-            differs from it (:func:`kdistill.core.safeio.write_json_sealed` writes it), a
+            differs from it (:func:`kdistill.io.safeio.write_json_sealed` writes it), a
             newer format, or a malformed one (the message names the file and the field).
     """
     import json
 
-    from kdistill.core.errors import ArtifactError
+    from kdistill.errors import ArtifactError
 
     what = f"NN result {str(path)!r}"
     try:
@@ -393,7 +393,7 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(res, dict) or res.get("format") != RESULT_FORMAT:
         raise ArtifactError(f"{str(path)!r} is not a kdistill NN result (no \"format\": \"{RESULT_FORMAT}\"); "
                             "remove it or rewrite it with `kdistill evaluate --nn`")
-    from kdistill.core.safeio import INTEGRITY_KEY, verify_integrity
+    from kdistill.io.safeio import INTEGRITY_KEY, verify_integrity
 
     verify_integrity(str(path), res, None, ArtifactError, "NN result",
                      legacy_hint="rewrite it with `kdistill evaluate --nn` to get a verifiable result")

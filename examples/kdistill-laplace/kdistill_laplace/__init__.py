@@ -38,7 +38,7 @@ class LaplaceKernel(Kernel):
             converted to float.
 
     Raises:
-        kdistill.core.errors.ConfigError: ``gamma`` is not a finite number > 0.
+        kdistill.errors.ConfigError: ``gamma`` is not a finite number > 0.
 
     Calling the bound kernel on ``x1 [n1, ...]`` and ``x2 [n2, ...]`` (same trailing
     shape, flattened to ``d`` features) returns the ``[n1, n2]`` kernel matrix in the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kdistill.core.hookspecs import hookimpl
-from kdistill.core.kip import make_result, random_baseline
+from kdistill.runtime.support import make_result, random_baseline
 from kdistill.core.krr import accuracy, krr_predict
 from kdistill.core.sampling import centered_one_hot
 

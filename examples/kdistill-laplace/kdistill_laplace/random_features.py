@@ -46,7 +46,7 @@ class LaplaceRandomFeatures(RandomKernel):
         seed: integer >= 0, the fixed draw used outside the KIP loop (evaluation).
 
     Raises:
-        kdistill.core.errors.ConfigError: a hyperparameter out of range.
+        kdistill.errors.ConfigError: a hyperparameter out of range.
 
     Weights (:meth:`sample_weights`): ``z [d, D]``, ``g [D]`` standard normal and ``u [D]``
     uniform in ``[0, 1)``, float64 numpy arrays from ``numpy.random.default_rng(seed)``.

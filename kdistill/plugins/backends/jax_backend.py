@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from kdistill.core.backend import CHOLESKY_JITTERS, Backend, Trainer, check_optimizer, check_state
-from kdistill.core.errors import NonFiniteLossError
+from kdistill.errors import NonFiniteLossError
 
 
 #: Abramowitz & Stegun 4.4.46: arccos(x) = sqrt(1 - x) * sum_i a_i x^i on [0, 1], |error| <= 2e-8.

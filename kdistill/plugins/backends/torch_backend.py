@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 
 from kdistill.core.backend import CHOLESKY_JITTERS, Backend, Trainer, check_optimizer, check_state
-from kdistill.core.errors import CheckpointError, NonFiniteLossError
+from kdistill.errors import CheckpointError, NonFiniteLossError
 
 
 def _build_safe_arccos():

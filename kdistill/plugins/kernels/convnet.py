@@ -73,7 +73,7 @@ from typing import Any
 import attrs
 
 from kdistill.core.contracts import Kernel
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.core.validators import boolean, kernel_kind, nonneg, positive, positive_int
 from kdistill.plugins.kernels.fc import relu_layer
 

@@ -21,7 +21,7 @@ use your own architecture, register it from a package::
     from kdistill.core.hookspecs import hookimpl
 
     def wide_resnet(depth=4):
-        from kdistill.core.optional import import_neural_tangents
+        from kdistill.runtime.optional import import_neural_tangents
         stax = import_neural_tangents().stax
         return stax.serial(...)
 
@@ -34,9 +34,9 @@ use your own architecture, register it from a package::
     archs = "my_package.archs"
 
 neural-tangents is imported only when the kernel is bound to a backend (through
-:func:`kdistill.core.optional.import_neural_tangents`, the lean, TensorFlow-free import);
+:func:`kdistill.runtime.optional.import_neural_tangents`, the lean, TensorFlow-free import);
 if it is missing or incompatible with the installed JAX, :meth:`NTKernel.bind` raises a
-:class:`~kdistill.core.errors.ConfigError` that says how to install it. Importing kdistill
+:class:`~kdistill.errors.ConfigError` that says how to install it. Importing kdistill
 never needs it. neural-tangents is the reference, not the fast path: for the ConvNet use
 the ``convnet`` kernel (``benchmarks/convnet_kernel_speed.py``).
 """
@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 import attrs
 
 from kdistill.core.contracts import Kernel
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.core.hookspecs import hookimpl
 from kdistill.core.validators import kernel_kind
 
@@ -96,7 +96,7 @@ def kdistill_register_architectures(register):
 
 
 def _stax():
-    from kdistill.core.optional import import_neural_tangents
+    from kdistill.runtime.optional import import_neural_tangents
 
     return import_neural_tangents().stax
 

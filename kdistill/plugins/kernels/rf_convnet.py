@@ -18,7 +18,7 @@ import math
 
 import attrs
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.plugins.kernels.random_features import RandomFeatureKernel
 from kdistill.core.validators import boolean, positive_int
 from kdistill.plugins.kernels.convnet import readout_name

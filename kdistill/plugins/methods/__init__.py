@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kdistill.core.hookspecs import hookimpl
-from kdistill.core.kip import run_kip, run_label_solve
+from kdistill.plugins.methods.kip import run_kip
+from kdistill.plugins.methods.label_solve import run_label_solve
 
 
 @hookimpl

@@ -8,7 +8,7 @@ import attrs
 
 from kdistill.core.backend import CHOLESKY_JITTERS, Backend
 from kdistill.core.contracts import Solver, relative_ridge
-from kdistill.core.errors import NotPositiveDefiniteError
+from kdistill.errors import NotPositiveDefiniteError
 
 
 def checked_cholesky(b: Backend, a: Any, ridge: float, what: str = "K_ss + ridge*I") -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from kdistill.core.contracts import Solver, relative_ridge
-from kdistill.core.errors import NotPositiveDefiniteError
+from kdistill.errors import NotPositiveDefiniteError
 
 
 @attrs.define(kw_only=True)

@@ -45,7 +45,7 @@ class FeatureSolver(Solver):
     kernel-space Cholesky fit of :class:`~kdistill.plugins.solvers.cholesky.CholeskySolver`;
     :meth:`solve` on a given kernel matrix (Label Solve) is the Cholesky solve of
     :class:`~kdistill.plugins.solvers.cholesky.CholeskySolver` (same jitter and
-    :class:`~kdistill.core.errors.NotPositiveDefiniteError`). Everything is float64.
+    :class:`~kdistill.errors.NotPositiveDefiniteError`). Everything is float64.
     """
 
     def fit(self, kernel, x_s, y_s, ridge):

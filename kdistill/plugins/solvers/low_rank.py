@@ -45,7 +45,7 @@ import attrs
 import numpy as np
 
 from kdistill.core.contracts import KernelPredictor, Solver, relative_ridge
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 from kdistill.core.validators import positive_int
 from kdistill.plugins.solvers.cholesky import checked_cholesky
 

@@ -24,85 +24,20 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any, Callable
 
 import numpy as np
 
-from kdistill.core.artifact import DistilledSet
-from kdistill.core.checkpoint import checkpoint_path, data_fingerprint, ensure_no_checkpoint, open_for_resume
-from kdistill.core.components import Components, PreparedData
 from kdistill.core.config import DistillConfig
-from kdistill.core.errors import CheckpointError, DataError, RunInterrupted
 from kdistill.core.guard import NumericalGuard
-from kdistill.core.krr import accuracy, krr_predict, label_solve
-from kdistill.core.loop import (
-    Best, CallbackHook, Checkpoints, Evaluation, KIPRun, RunHook, StopConditions, drive, score_support,
-)
-from kdistill.core.sampling import TargetSampler, balanced_subset, centered_one_hot
-from kdistill.core.signals import InterruptNow, StopRequest
-
-
-def split_validation(config: DistillConfig, data: PreparedData) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``(pool, valid)``: indices of the training examples left for initialization and
-    targets, and of the class-balanced validation split (``config.valid_size`` examples,
-    ``valid_size // C`` per class, drawn from a generator of its own, seeded by
-    ``[seed, 1]``, so the run's other draws are unchanged). ``(None, None)`` without one.
-
-    Raises:
-        DataError: ``valid_size`` is smaller than the number of classes, or leaves a
-            class without enough examples.
-    """
-    if not config.valid_size:
-        return None, None
-    per_class = config.valid_size // data.num_classes
-    if per_class < 1:
-        raise DataError(
-            f"valid_size={config.valid_size} is smaller than the number of classes "
-            f"({data.num_classes}); use at least {data.num_classes} (or 0 for no validation split)"
-        )
-    valid = balanced_subset(data.y_train, data.num_classes, per_class, np.random.default_rng([config.seed, 1]))
-    pool = np.setdiff1d(np.arange(len(data.y_train)), valid)
-    return pool, np.sort(valid)
-
-
-def init_support(config: DistillConfig, data: PreparedData, rng: np.random.Generator, pool: np.ndarray | None = None):
-    """Class-balanced initial support set, drawn from ``pool`` (training indices; None =
-    all).
-
-    Returns:
-        ``(images [n_s, H, W, C] float32, labels [n_s, C] float32, class_ids [n_s] int64)``;
-        images are real training examples (``init="real"``) or standard normal noise.
-    """
-    if pool is None:
-        idx = balanced_subset(data.y_train, data.num_classes, config.ipc, rng)
-    else:
-        idx = pool[balanced_subset(data.y_train[pool], data.num_classes, config.ipc, rng)]
-    class_ids = data.y_train[idx]
-    if config.init == "real":
-        images = data.x_train[idx].copy()
-    else:
-        images = rng.standard_normal((len(idx), *data.x_train.shape[1:])).astype(np.float32)
-    return images, centered_one_hot(class_ids, data.num_classes), class_ids
-
-
-def evaluate_support(
-    comps: Components,
-    config: DistillConfig,
-    data: PreparedData,
-    images: np.ndarray,
-    labels: np.ndarray,
-    limit: int | None = None,
-    progress=None,
-) -> float:
-    """KRR test accuracy of a support set under the evaluation kernel.
-
-    Args:
-        images: ``[n_s, H, W, C]``; labels: ``[n_s, C]``.
-        limit: use only the first ``limit`` test examples (None = all).
-        progress: optional callable ``progress(rows_done)`` after each block of test rows.
-    """
-    return score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit], data.y_test[:limit], progress)
+from kdistill.core.loop import Best, KIPRun, RunHook, drive
+from kdistill.errors import CheckpointError, RunInterrupted
+from kdistill.io.artifact import DistilledSet
+from kdistill.io.checkpoint import checkpoint_path, data_fingerprint, ensure_no_checkpoint, open_for_resume
+from kdistill.runtime.components import Components, PreparedData
+from kdistill.runtime.hooks import CallbackHook, Checkpoints, Evaluation, StopConditions
+from kdistill.runtime.signals import InterruptNow, StopRequest
+from kdistill.runtime.support import evaluate_support, init_support, make_result, random_baseline, split_validation
 
 
 def run_kip(
@@ -118,13 +53,13 @@ def run_kip(
     Args:
         callback: called with a dict after every step (``step``, ``loss``, and, on
             evaluation steps, ``eval_acc``); used by the CLI's progress bar.
-        run_dir: directory of ``checkpoint.npz`` (:mod:`kdistill.core.checkpoint`).
+        run_dir: directory of ``checkpoint.npz`` (:mod:`kdistill.io.checkpoint`).
             With it, a checkpoint is written every ``config.checkpoint_every`` steps and
             always after the last step, before the final evaluation starts; SIGINT/SIGTERM
             during a step finish the step, write a checkpoint and raise RunInterrupted;
             during the final evaluation they stop it at once and raise RunInterrupted
             (the checkpoint of the last step is on disk). The caller holds the
-            directory's lock (:class:`kdistill.core.rundir.RunDirectory`).
+            directory's lock (:class:`kdistill.io.rundir.RunDirectory`).
         resume: continue from ``run_dir``'s checkpoint. The result is bit-for-bit the
             one an uninterrupted run gives (same config, data and backend). A run whose
             steps were all done (interrupted in the final evaluation, or stopped by its
@@ -246,98 +181,4 @@ def _final_metrics(run: KIPRun, train_seconds: float) -> tuple[dict[str, Any], d
     return metrics, final_params
 
 
-def random_baseline(comps: Components, config: DistillConfig, data: PreparedData, progress=None) -> dict[str, Any]:
-    """KRR test accuracy of a random class-balanced real subset of the same size.
-
-    The subset is drawn with seed ``config.seed + 1`` (independent of the support
-    initialization) and scored with the same evaluation kernel, solver and ridge.
-    ``progress``: optional callable ``progress(rows_done)`` after each test block.
-    """
-    rng = np.random.default_rng(config.seed + 1)
-    idx = balanced_subset(data.y_train, data.num_classes, config.ipc, rng)
-    acc = evaluate_support(comps, config, data, data.x_train[idx], data.Y_train[idx], limit=config.test_size,
-                           progress=progress)
-    return {"random_acc": acc}
-
-
-def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData, callback=None, run_dir=None,
-                    resume: bool = False) -> DistilledSet:
-    """Label Solve: keep class-balanced real support images, solve for their labels.
-
-    ``callback``, ``run_dir`` and ``resume`` are accepted for the uniform method
-    signature (:data:`METHODS`) and unused: Label Solve has no steps.
-
-    Targets are a class-balanced subset of ``config.target_batch`` training examples
-    (all of them if ``target_batch`` >= the training set size). The random-subset
-    baseline here is the same support images with their original labels.
-    """
-    start = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
-    images, labels, class_ids = init_support(config, data, rng)
-    idx = TargetSampler(data.y_train, data.num_classes, config.target_batch, rng)()
-    solved = label_solve(
-        comps.kernel, comps.solver, images, data.x_train[idx], data.Y_train[idx],
-        config.ridge, dtype=config.dtype,
-    )
-    solve_seconds = time.perf_counter() - start
-    # one kernel pass scores both label sets (KRR predictions are linear in the labels)
-    x_test, y_test = data.x_test[: config.test_size], data.y_test[: config.test_size]
-    pred = krr_predict(
-        comps.eval_kernel, comps.solver, images, np.concatenate([solved, labels], axis=1),
-        x_test, config.ridge, config.dtype,
-    )
-    n_cls = labels.shape[1]
-    metrics = {
-        "method": "label-solve",
-        "distilled_acc": accuracy(pred[:, :n_cls], y_test),
-        "init_acc": accuracy(pred[:, n_cls:], y_test),
-        "n_test": int(len(x_test)),
-        "n_targets": int(len(idx)),
-        "train_seconds": solve_seconds,
-    }
-    metrics.update(random_baseline(comps, config, data))
-    metrics["total_seconds"] = time.perf_counter() - start
-    return make_result(config, data, images, solved.astype(np.float32), class_ids, metrics, {}, {})
-
-
 run_kip.resumable = True  # continues from a checkpoint (see kdistill.core.hookspecs: methods)
-
-
-def make_result(config, data, images, labels, class_ids, metrics, history, loss_params) -> DistilledSet:
-    """The :class:`DistilledSet` of a finished run, with the metadata every method records
-    (public: third-party methods return their sets through it).
-
-    Args:
-        config: the run's DistillConfig; data: its PreparedData (transform, dataset info).
-        images: ``[n_s, H, W, C]`` support images in preprocessed space; labels: ``[n_s, C]``;
-        class_ids: ``[n_s]`` int; metrics: at least ``method`` and ``distilled_acc``;
-        history: per-step lists (``{}`` for methods without steps); loss_params: learned
-            loss parameters (``{}`` if none).
-    Returns:
-        The set, with ``metrics`` extended by the kernels, backend and the provenance of
-        every component.
-    """
-    from kdistill.version import __version__
-    from kdistill.core.registry import component_provenance
-
-    metrics = {
-        **metrics,
-        "kernel": config.kernel.to_dict(),
-        "eval_kernel": (config.eval_kernel or config.kernel).to_dict(),
-        "backend": config.backend,
-        "components": component_provenance(config),  # which package supplied each component
-    }
-
-    return DistilledSet(
-        images=np.asarray(images, np.float32),
-        labels=np.asarray(labels, np.float32),
-        class_ids=np.asarray(class_ids, np.int64),
-        transform=data.transform,
-        config=config.to_dict(),
-        metrics=metrics,
-        history=history,
-        loss_params=loss_params,
-        seed=config.seed,
-        version=__version__,
-        dataset=data.info,
-    )

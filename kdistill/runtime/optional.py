@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import types
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 NT_INSTALL = (
     "pip install --no-deps neural-tangents==0.6.5 frozendict  "

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from kdistill.core.errors import KdistillError
+from kdistill.errors import KdistillError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:

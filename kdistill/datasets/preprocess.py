@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from kdistill.core.errors import ArtifactError, ConfigError
+from kdistill.errors import ArtifactError, ConfigError
 
 
 @attrs.define
@@ -160,7 +160,7 @@ class RegularizedZCA:
                    pixel_mean=np.concatenate(means).mean(), pixel_std=np.concatenate(stds).mean())
 
     def _check(self, x: np.ndarray) -> None:
-        from kdistill.core.errors import DataError
+        from kdistill.errors import DataError
 
         if int(np.prod(np.shape(x)[1:])) != self.mean.shape[0]:
             raise DataError(f"zca was fitted on images of {self.mean.shape[0]} values, got shape {np.shape(x)}")

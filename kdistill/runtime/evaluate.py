@@ -7,12 +7,12 @@ from typing import Any
 
 import attrs
 
-from kdistill.core.artifact import DistilledSet
-from kdistill.core.components import PreparedData, build_components, load_dataset, prepare_data
+from kdistill.io.artifact import DistilledSet
+from kdistill.runtime.components import PreparedData, build_components, load_dataset, prepare_data
 from kdistill.core.config import DistillConfig
-from kdistill.core.datacheck import data_differences
-from kdistill.core.errors import DataError
-from kdistill.core.kip import evaluate_support, random_baseline
+from kdistill.datasets.fingerprint import data_differences
+from kdistill.errors import DataError
+from kdistill.runtime.support import evaluate_support, random_baseline
 
 
 class DataMismatchWarning(UserWarning):
@@ -24,7 +24,7 @@ def prepare_with_transform(config: DistillConfig, artifact: DistilledSet, check_
     """Load the artifact's dataset and apply the artifact's own (stored) transform.
 
     The loaded data are compared with what the artifact recorded at distillation
-    (:func:`kdistill.core.datacheck.data_differences`: split sizes, image shape, and,
+    (:func:`kdistill.datasets.fingerprint.data_differences`: split sizes, image shape, and,
     for artifacts that have it, a fingerprint of every image and label).
 
     Args:

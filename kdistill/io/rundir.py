@@ -38,7 +38,7 @@ import shutil
 from pathlib import Path
 
 from kdistill.core.config import check_path_length, path_error_message, short_path
-from kdistill.core.errors import CheckpointError, ConfigError, RunDirectoryError, RunDirectoryInUse
+from kdistill.errors import CheckpointError, ConfigError, RunDirectoryError, RunDirectoryInUse
 
 LOCK_NAME = ".kdistill.lock"
 PID_NAME = ".kdistill.pid"
@@ -141,7 +141,7 @@ class RunDirectory:
                 raise RunDirectoryError(f"{what} {short_path(path)} is a file, not a directory; choose a directory")
             if not path.exists():
                 if self.mode == "resume":
-                    from kdistill.core.checkpoint import read_checkpoint
+                    from kdistill.io.checkpoint import read_checkpoint
 
                     read_checkpoint(path)  # raises CheckpointError: "cannot resume: no checkpoint ..."
                 if self.mode == "update":
@@ -317,7 +317,7 @@ def remove_transient_checkpoint(run_dir: str | os.PathLike, config) -> None:
     only guarded the final evaluation and the writing of the results (the user asked for
     no checkpoints; a finished run needs none). Runs with ``checkpoint_every > 0`` keep
     their last checkpoint."""
-    from kdistill.core.checkpoint import checkpoint_path
+    from kdistill.io.checkpoint import checkpoint_path
 
     if config.method == "kip" and not config.checkpoint_every:
         with contextlib.suppress(FileNotFoundError):

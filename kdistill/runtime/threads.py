@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 
-from kdistill.core.errors import ConfigError
+from kdistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ and the optimizer state), the fixed support labels and class ids, the numpy
 generator state that draws target batches, the step, the per-step history, the
 numerical guard's state (effective ridge and learning rate) and the config.
 
-Layout (written by :func:`kdistill.core.safeio.write_npz`, read with
+Layout (written by :func:`kdistill.io.safeio.write_npz`, read with
 ``allow_pickle=False``):
 
 - ``trainer/<key>`` — :meth:`kdistill.core.backend.Trainer.state` arrays;
@@ -19,7 +19,7 @@ Layout (written by :func:`kdistill.core.safeio.write_npz`, read with
   ``bit_generator.state``, integers as decimal strings since PCG64's are 128-bit),
   ``history``, ``guard``, ``data_fingerprint``, ``elapsed_seconds``, ``best_step``,
   ``best_acc`` and ``integrity``: the record of
-  :func:`kdistill.core.safeio.integrity_record`, one SHA-256 digest over every other
+  :func:`kdistill.io.safeio.integrity_record`, one SHA-256 digest over every other
   metadata field and every array.
 
 Files are written atomically (temp file, fsync, rename), so a kill or a full disk
@@ -44,8 +44,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from kdistill.core.errors import CheckpointError, KdistillError
-from kdistill.core.safeio import read_npz, verify_checksums, verify_legacy_checksums, write_npz
+from kdistill.errors import CheckpointError, KdistillError
+from kdistill.io.safeio import read_npz, verify_checksums, verify_legacy_checksums, write_npz
 
 FORMAT = "kdistill-checkpoint"
 FORMAT_VERSION = 2

@@ -10,7 +10,7 @@ Layout (all entries plain numpy arrays, loaded with ``allow_pickle=False``):
 - ``meta`` — a 0-d unicode array holding JSON: ``format``, ``format_version``,
   ``kdistill_version``, ``preprocess`` (name), ``config``, ``metrics``, ``history``,
   ``seed``, ``dataset`` info, and ``integrity``: the record of
-  :func:`kdistill.core.safeio.integrity_record`, one SHA-256 digest over every other
+  :func:`kdistill.io.safeio.integrity_record`, one SHA-256 digest over every other
   metadata field and every array entry (with a per-field and per-entry breakdown).
 
 Integrity: :func:`load` refuses a file without the record or whose content differs
@@ -37,9 +37,9 @@ from typing import Any
 import attrs
 import numpy as np
 
-from kdistill.core.errors import ArtifactError
-from kdistill.core.preprocess import preprocessor_from_state
-from kdistill.core.safeio import read_npz, verify_checksums, verify_legacy_checksums, write_npz
+from kdistill.errors import ArtifactError
+from kdistill.datasets.preprocess import preprocessor_from_state
+from kdistill.io.safeio import read_npz, verify_checksums, verify_legacy_checksums, write_npz
 
 FORMAT = "kdistill-distilled-set"
 FORMAT_VERSION = 2

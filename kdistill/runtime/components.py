@@ -14,10 +14,10 @@ import numpy as np
 
 from kdistill.core.config import ComponentSpec, DistillConfig
 from kdistill.core.contracts import Kernel, Loss, Solver
-from kdistill.core.errors import ConfigError, DataError, IncompatibleComponentsError
-from kdistill.core.preprocess import fit_preprocessor
+from kdistill.errors import ConfigError, DataError, IncompatibleComponentsError
+from kdistill.datasets.preprocess import fit_preprocessor
 from kdistill.core.registry import Registry, get_registry
-from kdistill.core.threads import apply_threads
+from kdistill.runtime.threads import apply_threads
 from kdistill.core.sampling import centered_one_hot, class_indices
 
 
@@ -134,7 +134,7 @@ def prepare_data(
         loader returned) is not a :class:`kdistill.datasets.Dataset`, NaN/Inf values,
         an empty test split, or a class with fewer than ``ipc`` training examples.
     """
-    from kdistill.core.datacheck import dataset_fingerprint
+    from kdistill.datasets.fingerprint import dataset_fingerprint
     from kdistill.datasets.base import Dataset
 
     ds = dataset if dataset is not None else load_dataset(config, registry)

@@ -3,7 +3,7 @@
 Used by the KIP loop when it has a run directory: the first SIGINT (Ctrl-C) or
 SIGTERM (``kill``, a batch scheduler's pre-emption) only records the request; the
 loop checks :attr:`StopRequest.signum` after each step, writes a checkpoint and
-raises :class:`kdistill.core.errors.RunInterrupted`. A second signal while the step
+raises :class:`kdistill.errors.RunInterrupted`. A second signal while the step
 finishes gives up waiting and raises ``KeyboardInterrupt`` at once (no checkpoint).
 
 :class:`InterruptNow` is for the final evaluation, which runs after the last step's

@@ -128,7 +128,7 @@ class Backend(ABC):
     def stop_gradient(self, x: Any) -> Any:
         """``x`` as a constant for differentiation (``jax.lax.stop_gradient`` /
         ``Tensor.detach``); the value is unchanged. Lets a function be written so that
-        autograd yields a known closed-form derivative (see ``fc.relu_layer``)."""
+        autograd yields a known closed-form derivative (see ``kdistill.ops.arccos.relu_layer``)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement stop_gradient")
 
     def safe_sqrt(self, x: Any) -> Any:

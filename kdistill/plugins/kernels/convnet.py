@@ -20,7 +20,7 @@ images ``x, x'`` is a covariance over pixel pairs ``K[p, q]`` (``p`` a pixel of 
 - input: ``K0[p, q] = x[p] . x'[q] / C``;
 - conv 3x3 SAME: ``K[p, q] <- sw2/9 * sum_o K[p+o, q+o] + sb2`` (9 offsets ``o``, zero
   padding); the NTK ``Theta <- sw2/9 * sum_o Theta[p+o, q+o] + K_new``;
-- ReLU: the arc-cosine map of :func:`~kdistill.plugins.kernels.fc.relu_layer`, entrywise,
+- ReLU: the arc-cosine map of :func:`~kdistill.ops.arccos.relu_layer`, entrywise,
   with the per-pixel variances ``K(x,x)[p,p]`` and ``K(x',x')[q,q]``; ``Theta <- Kdot * Theta``;
 - AvgPool 2x2 (stride 2, VALID): the mean over 2x2 blocks in both ``p`` and ``q``;
 - readout: Flatten (mean of the diagonal ``K[p, p]``) or GlobalAvgPool (mean over all
@@ -38,7 +38,7 @@ is over 80% of it; the later blocks are 4x and 16x smaller.
   ``2i, 2i+1`` to row ``i``, so only pooled rows (1/4) are kept. NNGP and NTK are stacked
   into one array so that XLA computes the ReLU map in a single loop. Chunking and
   stacking measured 2.5x and 4x faster than whole arrays and two outputs.
-- The ReLU map (:func:`~kdistill.plugins.kernels.fc.relu_layer`) has closed-form
+- The ReLU map (:func:`~kdistill.ops.arccos.relu_layer`) has closed-form
   derivatives, finite at identical pixels (cosine 1); in float32, JAX's arccos is a
   vectorizing polynomial (XLA's is scalar, 20x slower).
 - Later convs are separable sums of diagonally shifted slices.
@@ -75,7 +75,7 @@ import attrs
 from kdistill.core.contracts import Kernel
 from kdistill.errors import ConfigError
 from kdistill.core.validators import boolean, kernel_kind, nonneg, positive, positive_int
-from kdistill.plugins.kernels.fc import relu_layer
+from kdistill.ops.arccos import relu_layer
 
 READOUTS = ("flatten", "gap")
 

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from kdistill.core.contracts import Kernel, Predictor, Solver
-from kdistill.plugins.solvers.cholesky import checked_cholesky, cholesky_solve
+from kdistill.ops.linalg import checked_cholesky, cholesky_solve
 
 
 class FeaturePredictor(Predictor):

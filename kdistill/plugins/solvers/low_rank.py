@@ -47,7 +47,7 @@ import numpy as np
 from kdistill.core.contracts import KernelPredictor, Solver, relative_ridge
 from kdistill.errors import ConfigError
 from kdistill.core.validators import positive_int
-from kdistill.plugins.solvers.cholesky import checked_cholesky
+from kdistill.ops.linalg import checked_cholesky
 
 METHODS = ("nystrom", "eig")
 

@@ -10,7 +10,10 @@ pooling, the later layers).
 
     python benchmarks/convnet_kernel_speed.py [--kind ntk] [--pairs 16 32] [--nt-pairs 4 4]
         [--sizes 28x28x1 32x32x3] [--backends jax torch torch-compiled nt] [--dtype float32]
-        [--torch-threads N] [--profile]
+        [--depth 3] [--no-pool] [--torch-threads N] [--profile]
+
+``--depth`` and ``--no-pool`` change the architecture (a :class:`~kdistill.ops.convnet.ConvNetSpec`,
+which both our kernel and the neural-tangents network are built from).
 
 Run it on an otherwise idle machine: the numbers scale with free cores.
 """
@@ -33,29 +36,24 @@ def _shape(text: str) -> tuple[int, int, int]:
     return h, w, c
 
 
-def nt_kernel_fn(depth: int = 3):
-    """The same architecture in neural-tangents ``stax`` (jitted kernel_fn)."""
+def nt_kernel_fn(depth: int = 3, pool: bool = True):
+    """The same architecture in neural-tangents ``stax`` (the ``nt`` kernel's ``convnet``
+    network of the spec; jitted kernel_fn)."""
     import jax
 
-    from kdistill.runtime.optional import import_neural_tangents
+    from kdistill.plugins.kernels.nt import convnet_arch
 
-    stax = import_neural_tangents().stax
-    w, b = math.sqrt(2.0), 0.1
-    layers = []
-    for _ in range(depth):
-        layers += [stax.Conv(1, (3, 3), padding="SAME", W_std=w, b_std=b), stax.Relu(),
-                   stax.AvgPool((2, 2), strides=(2, 2))]
-    layers += [stax.Flatten(), stax.Dense(1, W_std=w, b_std=b)]
-    return jax.jit(stax.serial(*layers)[2], static_argnames="get")
+    return jax.jit(convnet_arch(depth=depth, pool=pool)[2], static_argnames="get")
 
 
-def time_ours(name: str, x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int):
+def time_ours(name: str, x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int,
+              depth: int = 3, pool: bool = True):
     """``name``: ``jax``, ``torch`` (eager) or ``torch-compiled`` (``compile=True``)."""
     from kdistill.core.registry import get_registry
     from kdistill.plugins.kernels.convnet import ConvNetKernel
 
     b = get_registry().backend(name.split("-")[0])
-    k = ConvNetKernel(kind=kind, compile=name.endswith("compiled")).bind(b)
+    k = ConvNetKernel(kind=kind, depth=depth, pool=pool, compile=name.endswith("compiled")).bind(b)
     a1, a2 = b.asarray(x1, dtype), b.asarray(x2, dtype)
     start = time.perf_counter()
     b.to_numpy(k(a1, a2))  # warm-up: compile, variance cache of x2 (as in evaluation)
@@ -68,10 +66,11 @@ def time_ours(name: str, x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, 
     return out, x1.shape[0] * x2.shape[0] / best
 
 
-def time_nt(x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int):
+def time_nt(x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int,
+            depth: int = 3, pool: bool = True):
     import jax.numpy as jnp
 
-    fn = nt_kernel_fn()
+    fn = nt_kernel_fn(depth, pool)
     a1, a2 = jnp.asarray(x1, dtype), jnp.asarray(x2, dtype)
     np.asarray(fn(a1, a2, get=kind))
     best = math.inf
@@ -88,7 +87,7 @@ def profile_jax(shape, kind: str, dtype: str) -> None:
 
     from kdistill.core.registry import get_registry
     from kdistill.plugins.kernels import convnet as cn
-    from kdistill.plugins.kernels.fc import relu_layer
+    from kdistill.ops.arccos import relu_layer
 
     b = get_registry().backend("jax")
     xp = b.xp
@@ -157,6 +156,8 @@ def main() -> None:
                     help="torch.set_num_threads (0: torch's default); use 1 on a loaded machine, "
                          "where OpenMP threads contend with other processes")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--depth", type=int, default=3, help="conv blocks (default 3, the papers')")
+    ap.add_argument("--no-pool", action="store_true", help="no average pooling (the convnet-nopool kernel)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     if args.torch_threads:
@@ -164,7 +165,11 @@ def main() -> None:
 
         torch.set_num_threads(args.torch_threads)
 
-    print(f"ConvNet {args.kind.upper()} (3 x conv3x3+ReLU+avgpool, Flatten, Dense), {args.dtype}; "
+    pool = not args.no_pool
+    if args.profile and (args.depth != 3 or not pool):
+        ap.error("--profile measures the default architecture (depth 3, pooled)")
+    block = "conv3x3+ReLU+avgpool" if pool else "conv3x3+ReLU"
+    print(f"ConvNet {args.kind.upper()} ({args.depth} x {block}, Flatten, Dense), {args.dtype}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     for text in args.sizes:
         shape = _shape(text)
@@ -176,13 +181,13 @@ def main() -> None:
         for name in args.backends:
             if name == "nt":
                 try:
-                    out, rate = time_nt(x1[:n1], x2[:n2], args.kind, args.dtype, args.repeats)
+                    out, rate = time_nt(x1[:n1], x2[:n2], args.kind, args.dtype, args.repeats, args.depth, pool)
                 except ConfigError as exc:  # not installed / incompatible
                     print(f"  {text}: neural-tangents unavailable ({exc})")
                     continue
                 results[name] = (out, rate, (n1, n2))
             else:
-                out, rate = time_ours(name, x1, x2, args.kind, args.dtype, args.repeats)
+                out, rate = time_ours(name, x1, x2, args.kind, args.dtype, args.repeats, args.depth, pool)
                 results[name] = (out, rate, x1.shape[:1] + x2.shape[:1])
         nt_rate = results["nt"][1] if "nt" in results else None
         print(f"\n{text}:")

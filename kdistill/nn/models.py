@@ -1,7 +1,9 @@
 """Finite networks for evaluating distilled sets (PyTorch, NCHW inside, NHWC outside).
 
-- :class:`ConvNet`: ``depth`` blocks of [3x3 conv (``width`` channels, padding 1) ->
-  normalization -> ReLU -> 2x2 average pooling], then a linear readout. With
+- :class:`ConvNet`: the network of a :class:`~kdistill.ops.convnet.ConvNetSpec` (the
+  ConvNet kernels' architecture) with ``width`` channels and a normalization after every
+  conv: ``depth`` blocks of [3x3 conv (padding 1) -> normalization -> ReLU -> 2x2 average
+  pooling], then a linear readout (PyTorch's default initialization). With
   ``depth=3`` this is the ConvNet of the KIP (NeurIPS'21) and RFAD papers (they
   use width 1024 on a GPU; our CPU default is smaller, see :class:`NNProtocol`).
 - :class:`MLP`: ``depth`` hidden ReLU layers of ``width`` units, then a linear readout
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from kdistill.ops.convnet import AvgPool, Conv, ConvNetSpec, Readout, Relu
 
 NORMS = ("none", "instance", "layer")
 
@@ -32,33 +36,49 @@ def _norm(kind: str, channels: int, hw: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    """``depth`` x [conv3x3(width) -> norm -> ReLU -> avgpool2] -> linear.
+    """``depth`` x [conv3x3(width) -> norm -> ReLU -> avgpool2] -> linear, built from
+    ``ConvNetSpec(depth=depth)`` (``spec`` overrides it, e.g. ``readout="gap"``, ``stem=True``
+    or ``pool=False``; its ``sw2``/``sb2`` are not used: the network is trained from
+    PyTorch's default initialization).
 
     Args:
         in_shape: ``(H, W, C)`` of the input images.
         num_classes: outputs.
         width: channels of every conv layer. depth: number of blocks (>= 1).
         norm: ``none``, ``instance`` or ``layer``.
+        spec: the architecture (default ``ConvNetSpec(depth=depth)``).
     Raises:
         ValueError: an unknown norm, or depth too large for the image size (each block
             halves H and W; at least 1x1 must remain).
     """
 
-    def __init__(self, in_shape, num_classes: int, width: int = 128, depth: int = 3, norm: str = "instance"):
+    def __init__(self, in_shape, num_classes: int, width: int = 128, depth: int = 3, norm: str = "instance",
+                 spec: ConvNetSpec | None = None):
         super().__init__()
+        self.spec = spec if spec is not None else ConvNetSpec(depth=depth)
         h, w, c = (int(v) for v in in_shape)
         layers: list[nn.Module] = []
-        for _ in range(depth):
-            if h < 2 or w < 2:
-                raise ValueError(f"ConvNet depth {depth} is too deep for {in_shape} images (each block halves H, W)")
-            layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width, h * w), nn.ReLU(), nn.AvgPool2d(2)]
-            c, h, w = width, h // 2, w // 2
-        self.features = nn.Sequential(*layers)
-        self.readout = nn.Linear(c * h * w, num_classes)
+        for step in self.spec.layers():
+            if isinstance(step, Conv):
+                layers += [nn.Conv2d(c, width, step.size, padding=step.size // 2), _norm(norm, width, h * w)]
+                c = width
+            elif isinstance(step, Relu):
+                layers.append(nn.ReLU())
+            elif isinstance(step, AvgPool):
+                if h < step.size or w < step.size:
+                    raise ValueError(f"ConvNet depth {self.spec.depth} is too deep for {in_shape} images "
+                                     f"(each block halves H, W)")
+                layers.append(nn.AvgPool2d(step.size))
+                h, w = h // step.size, w // step.size
+            elif isinstance(step, Readout):
+                self._gap = step.kind == "gap"
+                self.features = nn.Sequential(*layers)
+                self.readout = nn.Linear(c if self._gap else c * h * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
-        return self.readout(torch.flatten(self.features(x), 1))
+        h = self.features(x)
+        return self.readout(h.mean(dim=(2, 3)) if self._gap else torch.flatten(h, 1))
 
 
 class MLP(nn.Module):

@@ -1,7 +1,9 @@
 """Infinite-width ConvNet NNGP and NTK with average pooling, exact (no sampling).
 
-Architecture (neural-tangents ``stax`` notation, NHWC images, NTK parameterization,
-``W = sqrt(sw2)``, ``b = sqrt(sb2)``)::
+Architecture: :class:`~kdistill.ops.convnet.ConvNetSpec` (shared with the random-feature
+``rf-convnet`` kernel, the ``nt`` kernel's ``convnet`` and the finite torch ConvNet), in
+neural-tangents ``stax`` notation (NHWC images, NTK parameterization, ``W = sqrt(sw2)``,
+``b = sqrt(sb2)``)::
 
     serial([Conv(w, (3, 3), padding="SAME", W_std=W, b_std=b), Relu()]   # if stem
            + [Conv(w, (3, 3), padding="SAME", W_std=W, b_std=b), Relu(),
@@ -13,7 +15,10 @@ Architecture (neural-tangents ``stax`` notation, NHWC images, NTK parameterizati
 prepends the extra conv layer of KIP's ``ConvNet`` code.
 
 Recursion (Novak et al. 2019, "Bayesian deep CNNs with many channels are GPs", eq. 7;
-Arora et al. 2019, "On exact computation...", sec. 4 / App. B). The kernel of a pair of
+Arora et al. 2019, "On exact computation...", sec. 4 / App. B), applied by one
+interpreter of the spec's steps (:meth:`ConvNetKernel._walk`) in four modes: cross pairs,
+self-covariances (the per-pixel variances), diagonal pairs and diagonal variances (no
+pooling). The kernel of a pair of
 images ``x, x'`` is a covariance over pixel pairs ``K[p, q]`` (``p`` a pixel of ``x``,
 ``q`` a pixel of ``x'``):
 
@@ -54,7 +59,8 @@ is over 80% of it; the later blocks are 4x and 16x smaller.
   pass over ``[n, H, W, 1, H, W]`` self-covariances, cached for the last inputs seen (the
   support set of an evaluation is processed once).
 - On torch, ``compile="auto"`` compiles the tile's pieces with ``torch.compile`` once an
-  instance has done enough work.
+  instance has done enough work. Compiled pieces are cached by the backend
+  (:meth:`Backend.compiled`), per hyperparameters.
 
 Without pooling and with the Flatten readout only the diagonal ``K[p, p]`` is ever
 needed (Novak et al. 2019, sec. 3.2), so that kernel costs ``O(n1 n2 H W)`` per layer:
@@ -73,14 +79,12 @@ from typing import Any
 import attrs
 
 from kdistill.core.contracts import Kernel
-from kdistill.errors import ConfigError
 from kdistill.core.validators import boolean, kernel_kind, nonneg, positive, positive_int
+from kdistill.errors import ConfigError
 from kdistill.ops.arccos import relu_layer
+from kdistill.ops.convnet import READOUTS, AvgPool, Conv, ConvNetSpec, Readout, Relu, readout_name
 
-READOUTS = ("flatten", "gap")
-
-#: compiled kernel pieces, keyed by (class, backend, method, compiler, chunk size, hyperparameters)
-_COMPILED: dict = {}
+__all__ = ["ConvNetKernel", "ConvNetNoPoolKernel", "COMPILE_AFTER", "READOUTS"]
 
 #: ``compile="auto"``: compile the tile pieces on eager backends (torch) once a kernel
 #: instance has processed this many first-layer entries (``n1 n2 (H W)^2``); about 5,000
@@ -88,19 +92,9 @@ _COMPILED: dict = {}
 COMPILE_AFTER = 3 * 10**9
 
 
-def _probe(*args):
-    return args
-
-
 def _compile_option(inst, attr, value) -> None:
     if value not in (True, False, "auto"):
         raise ConfigError(f"{type(inst).__name__}.compile must be true, false or 'auto', got {value!r}")
-
-
-def readout_name(inst, attr, value) -> None:
-    """attrs validator: ``value`` is one of :data:`READOUTS` (ConfigError otherwise)."""
-    if value not in READOUTS:
-        raise ConfigError(f"{type(inst).__name__}.{attr.name} must be one of {', '.join(READOUTS)}, got {value!r}")
 
 
 # --- array helpers (written once against the Array-API namespace ``xp``) ---------------
@@ -250,30 +244,48 @@ class ConvNetKernel(Kernel):
     _var_cache: list = attrs.field(factory=list, init=False, repr=False, eq=False)
     _work: list = attrs.field(factory=lambda: [0], init=False, repr=False, eq=False)
     _compile_now: bool = attrs.field(default=False, init=False, repr=False, eq=False)
+    _plans: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     # -- layout of the network ----------------------------------------------------------
+    @property
+    def spec(self) -> ConvNetSpec:
+        """The architecture (:class:`~kdistill.ops.convnet.ConvNetSpec`) of these hyperparameters."""
+        return self._plan()["spec"]
+
+    def _plan(self) -> dict:
+        """:attr:`spec` and the segments of its steps that the computation walks, cached
+        per hyperparameters: ``first`` (the first block: Conv, Relu (, AvgPool)), ``rest``
+        (the later steps, readout included), ``all``; ``rest_var`` and ``all_var`` stop at
+        the last Conv (the variance passes need nothing after it)."""
+        key = (self.depth, self.pool, self.readout, self.stem, self.sw2, self.sb2)
+        plan = self._plans.get(key)
+        if plan is None:
+            spec = ConvNetSpec(depth=self.depth, pool=self.pool, readout=self.readout, stem=self.stem,
+                               sw2=self.sw2, sb2=self.sb2)
+            layers = spec.layers()
+            n_first = 3 if spec.blocks()[0] else 2
+            end = 1 + max(i for i, step in enumerate(layers) if isinstance(step, Conv))
+            plan = {"spec": spec, "all": layers, "first": layers[:n_first], "rest": layers[n_first:],
+                    "all_var": layers[:end], "rest_var": layers[n_first:end]}
+            self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
     def schedule(self) -> list[bool]:
         """One entry per conv + ReLU layer: whether an average pool follows it."""
-        return [False] * int(self.stem) + [self.pool] * self.depth
+        return list(self.spec.blocks())
 
     @property
     def diagonal_only(self) -> bool:
         """True when only ``K[p, p]`` is needed (no pooling, Flatten readout)."""
-        return not self.pool and self.readout == "flatten"
+        return self.spec.diagonal_only
 
     def _check(self, x1, x2) -> None:
         if x1.ndim != 4 or x2.ndim != 4 or tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
             raise ConfigError(
                 f"{type(self).__name__} needs NHWC images of equal shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
             )
-        h, w = x1.shape[1], x1.shape[2]
-        for pooled in self.schedule():
-            if pooled:
-                h, w = h // 2, w // 2
-            if h < 1 or w < 1:
-                raise ConfigError(
-                    f"images of {x1.shape[1]}x{x1.shape[2]} are too small for {sum(self.schedule())} 2x2 pools"
-                )
+        self.spec.check_image(x1.shape[1], x1.shape[2])
 
     def bytes_per_pair(self, h: int, w: int, itemsize: int) -> int:
         """Estimated memory of one image pair of a tile: the full-resolution arrays that
@@ -317,17 +329,16 @@ class ConvNetKernel(Kernel):
     # -- compiled pieces ------------------------------------------------------------------
     def _fn(self, name: str, compiler=None):
         """The compiled method ``name`` (``compiler``: default :meth:`Backend.jit`), shared by
-        every instance with the same hyperparameters on the same backend (``block_mb`` and
-        ``compile`` do not enter the computation), so a kernel rebuilt with equal
-        parameters does not compile again."""
+        every instance with the same hyperparameters on the same backend through the
+        backend's cache (:meth:`Backend.compiled`; ``block_mb`` and ``compile`` do not enter
+        the computation), so a kernel rebuilt with equal parameters does not compile again."""
         compiler = compiler or self.b.jit
         params = self.get_params()
         params.pop("block_mb")
         params.pop("compile")
-        key = (type(self), self.b.name, name, compiler.__name__, self._chunk_entries, tuple(sorted(params.items())))
-        if key not in _COMPILED:
-            _COMPILED[key] = compiler(getattr(self, name))
-        return _COMPILED[key]
+        key = (type(self), name, compiler.__name__, self._chunk_entries, tuple(sorted(params.items())),
+               self._plan()["all"])
+        return self.b.compiled(key, getattr(self, name), compiler)
 
     def _inner(self, name: str):
         """The method ``name`` for use inside a tile: compiled on its own on eager backends
@@ -339,8 +350,7 @@ class ConvNetKernel(Kernel):
 
     def _decide_compile(self, n1: int, n2: int, h: int, w: int) -> None:
         """Set :attr:`_compile_now` for this call (see :attr:`compile`)."""
-        eager = self.b.jit(_probe) is _probe
-        if not eager or self.compile is False or self.diagonal_only:
+        if not self.b.eager or self.compile is False or self.diagonal_only:
             self._compile_now = False
             return
         self._work[0] += n1 * n2 * (h * w) ** 2
@@ -425,7 +435,7 @@ class ConvNetKernel(Kernel):
         many target blocks is processed once.
         """
         cacheable = self.b.is_concrete(x) and not getattr(x, "requires_grad", False)
-        version = getattr(x, "_version", None)  # torch: bumped by in-place updates
+        version = self.b.version(x)  # torch: bumped by in-place updates
         for ref, ref_version, v in self._var_cache:
             if cacheable and ref is x and ref_version == version:
                 return v
@@ -477,6 +487,97 @@ class ConvNetKernel(Kernel):
         outs = self._map(row, (p1, *v1[:nv]))  # each [b1, g, 1, group]
         return tuple(xp.reshape(o, (b1, b2)) for o in outs)
 
+    # -- the interpreter of the spec's steps -------------------------------------------------
+    def _walk(self, mode: str, layers, k=None, ntk=None, v1=(), v2=(), inputs=None, with_ntk: bool = False):
+        """Apply ``layers`` (a segment of :attr:`spec`'s steps) to covariances: the one
+        recursion (module docstring) behind every mode.
+
+        Modes and layouts:
+            ``"cross"``: pairs of two image sets, ``[b1, R, W, b2, H, W]``: NNGP ``k`` and
+                NTK ``ntk`` (None: NNGP only).
+            ``"self"``: self-covariances, ``[n, R, W, 1, H, W]``, NNGP only; the diagonal
+                after every later conv gives the variances of the next ReLU.
+            ``"diag"``: pixel-diagonal covariances of pairs, ``[b1, b2, H, W]`` (no
+                pooling, Flatten readout), NNGP and NTK.
+            ``"var"``: per-pixel variances ``[n, H, W]`` (no pooling).
+
+        Args:
+            k, ntk: the state entering the segment (unused when it starts with the input conv).
+            v1, v2: per-pixel variances of both sides before each ReLU of the segment, in
+                order (lists of ``[b, R, W]`` / ``[b, H, W]``; "cross", "diag"; "self": those
+                of the first block only).
+            inputs: for the input conv (``Conv.first``): ``(p1, p2)``, 3x3 patches
+                ``[b, H, W, 9C]`` ("cross", "self"), or the images ``(x1, x2)`` ("diag"),
+                or ``x`` ("var").
+            with_ntk: the input conv starts an NTK ("cross", "diag").
+
+        Returns:
+            ``(k, ntk, variances)``: after a Readout ``k``, ``ntk`` are ``[b1, b2]``;
+            ``variances`` lists the per-pixel variances after each conv ("self": later
+            convs only; "var": every conv).
+        """
+        xp, sw2 = self.b.xp, self.spec.sw2  # a ReLU map folds in the next layer's sw2
+        v1, v2, out, convs = list(v1), list(v2), [], 0
+        for step in layers:
+            if isinstance(step, Conv):
+                if step.first:
+                    k, ntk = self._input_conv(mode, inputs, with_ntk)
+                elif mode == "cross":
+                    k, ntk = _conv_pair(xp, _conv_full, k, ntk, step.sb2)
+                elif mode == "diag":
+                    k, ntk = _conv_pair(xp, _conv_diag, k, ntk, step.sb2)
+                elif mode == "self":
+                    k = _conv_full(xp, k) + step.sb2
+                    v = _diag_full(xp, k)
+                    v1.append(v)
+                    v2.append(v)
+                    out.append(v)
+                else:  # var
+                    k = _conv_diag(xp, k) + step.sb2
+                if mode == "var":
+                    out.append(k)
+                convs += 1
+            elif isinstance(step, Relu):
+                va, vb = (None, None) if mode == "var" else (v1[convs - 1], v2[convs - 1])
+                if mode == "cross":
+                    k, ntk = self._relu(k, ntk, va, vb, False)
+                elif mode == "self":
+                    k, _ = self._relu(k, None, va, vb, True)
+                elif mode == "diag":
+                    k, kdot, _, _ = relu_layer(self.b, k, va[:, None], vb[None, :], sw2, 0.0)
+                    if ntk is not None:
+                        ntk = kdot * ntk
+                else:  # var: the arc-cosine map at cosine 1
+                    k = 0.5 * sw2 * k
+            elif isinstance(step, AvgPool):
+                if mode not in ("cross", "self") or step.size != 2:
+                    raise AssertionError(f"{mode} mode has no {step}")
+                k, ntk = _pool_full(xp, k, ntk)
+            elif isinstance(step, Readout):
+                if mode == "cross":
+                    readout = self._readout_full
+                elif mode == "diag" and step.kind == "flatten":
+                    def readout(t):
+                        return xp.mean(t, axis=(2, 3))
+                else:
+                    raise AssertionError(f"{mode} mode has no {step}")
+                k = readout(k) + step.sb2
+                ntk = None if ntk is None else readout(ntk) + k
+        return k, ntk, out
+
+    def _input_conv(self, mode: str, inputs, with_ntk: bool):
+        """The first conv, from the inputs (see :meth:`_walk`): ``(k, ntk or None)``."""
+        xp = self.b.xp
+        if mode in ("cross", "self"):
+            k = self._first_conv(inputs[0], inputs[1], mode == "self")
+        elif mode == "diag":
+            x1, x2 = inputs
+            k = xp.sum(x1[:, None] * x2[None, :], axis=4)  # [b1, b2, H, W]
+            k = _conv_diag(xp, k) * (self.sw2 / x1.shape[3]) + self.sb2
+        else:
+            k = _conv_diag(xp, xp.sum(inputs * inputs, axis=3)) * (self.sw2 / inputs.shape[3]) + self.sb2
+        return k, (k if with_ntk else None)
+
     def _first_conv(self, p1, p2, self_pairs: bool):
         """Covariance after the first conv, ``[b1, R, W, b2, H, W]``, from patches of ``R``
         rows of ``x1`` (``p1 [b1, R, W, 9C]``) and all of ``x2`` (``p2 [b2, H, W, 9C]``).
@@ -520,8 +621,9 @@ class ConvNetKernel(Kernel):
         """
         xp = self.b.xp
         if not self.schedule()[0]:
-            k = self._first_conv(p1, p2, self_pairs)
-            return self._relu(k, k if with_ntk else None, v1, v2, self_pairs)
+            k, ntk, _ = self._walk("self" if self_pairs else "cross", self._plan()["first"], v1=[v1], v2=[v2],
+                                   inputs=(p1, p2), with_ntk=with_ntk)
+            return k, ntk
         a, h, w, d = p1.shape
         pairs = a * (1 if self_pairs else p2.shape[0])
         step = self._chunk_rows(pairs, h, w)
@@ -537,16 +639,13 @@ class ConvNetKernel(Kernel):
 
     def _chunk_cross(self, p, p2, v, v2):
         """First conv + ReLU + pool of a chunk of rows of ``x1`` against all of ``x2``."""
-        k = self._first_conv(p, p2, False)
-        k, ntk = self._relu(k, k if self.kind == "ntk" else None, v, v2, False)
-        k, ntk = _pool_full(self.b.xp, k, ntk)
+        k, ntk, _ = self._walk("cross", self._plan()["first"], v1=[v], v2=[v2], inputs=(p, p2),
+                               with_ntk=self.kind == "ntk")
         return (k,) if ntk is None else (k, ntk)
 
     def _chunk_self(self, p, p2, v, v2):
         """As :meth:`_chunk_cross` for self-covariances (pairs ``(i, i)``), NNGP only."""
-        k = self._first_conv(p, p2, True)
-        k, _ = self._relu(k, None, v, v2, True)
-        return (_pool_full(self.b.xp, k)[0],)
+        return (self._walk("self", self._plan()["first"], v1=[v], v2=[v2], inputs=(p, p2))[0],)
 
     def _first_variances(self, p):
         """Per-pixel variances after the first conv, ``[n, H, W]``, from patches."""
@@ -563,19 +662,7 @@ class ConvNetKernel(Kernel):
 
     def _rest_self(self, k):
         """Self-covariance layers after the first: the variances before their ReLUs."""
-        xp = self.b.xp
-        sched = self.schedule()
-        out = []
-        for layer in range(1, len(sched)):
-            k = _conv_full(xp, k) + self.sb2
-            v = _diag_full(xp, k)
-            out.append(v)
-            if layer == len(sched) - 1:
-                break
-            k, _ = self._relu(k, None, v, v, True)
-            if sched[layer]:
-                k, _ = _pool_full(xp, k)
-        return tuple(out)
+        return tuple(self._walk("self", self._plan()["rest_var"], k=k)[2])
 
     def _full_block(self, p1, p2, v1, v2):
         """``(nngp [b1, b2], ntk [b1, b2])`` (``(nngp,)`` for ``kind="nngp"``) of a block of
@@ -585,17 +672,8 @@ class ConvNetKernel(Kernel):
 
     def _rest_cross(self, k, ntk, v1, v2):
         """Layers after the first and the readout, from the first layer's output."""
-        xp = self.b.xp
-        sched = self.schedule()
-        for layer in range(1, len(sched)):
-            k, ntk = _conv_pair(xp, _conv_full, k, ntk, self.sb2)
-            k, ntk = self._relu(k, ntk, v1[layer - 1], v2[layer - 1], False)
-            if sched[layer]:
-                k, ntk = _pool_full(xp, k, ntk)
-        nngp = self._readout_full(k) + self.sb2
-        if ntk is None:
-            return (nngp,)
-        return nngp, self._readout_full(ntk) + nngp
+        k, ntk, _ = self._walk("cross", self._plan()["rest"], k, ntk, v1, v2)
+        return (k,) if ntk is None else (k, ntk)
 
     def _readout_full(self, k):
         """Flatten (mean of ``K[p, p]``) or GAP (mean over all ``(p, q)``): ``[b1, b2]``."""
@@ -609,34 +687,14 @@ class ConvNetKernel(Kernel):
     # -- diagonal covariances only (no pooling, Flatten readout) -----------------------------
     def _diag_variances(self, x):
         """Per-pixel variances before every ReLU, ``[n, H, W]`` each (no pooling)."""
-        xp = self.b.xp
-        v = _conv_diag(xp, xp.sum(x * x, axis=3)) * (self.sw2 / x.shape[3]) + self.sb2
-        out = [v]
-        for _ in range(len(self.schedule()) - 1):
-            v = _conv_diag(xp, 0.5 * self.sw2 * v) + self.sb2
-            out.append(v)
-        return out
+        return self._walk("var", self._plan()["all_var"], inputs=x)[2]
 
     def _diag_pairs(self, x1, x2, v1, v2):
         """``(nngp [b1, b2], ntk)`` without pooling, from the diagonal ``K[p, p]`` only, in the
         ``[b1, b2, H, W]`` layout."""
-        xp = self.b.xp
-        c = x1.shape[3]
-        k = xp.sum(x1[:, None] * x2[None, :], axis=4)  # [b1, b2, H, W]
-        k = _conv_diag(xp, k) * (self.sw2 / c) + self.sb2
-        ntk = k if self.kind == "ntk" else None
-        sched = self.schedule()
-        for layer in range(len(sched)):
-            kxx, kyy = v1[layer][:, None], v2[layer][None, :]
-            k, kdot, _, _ = relu_layer(self.b, k, kxx, kyy, self.sw2, 0.0)
-            if ntk is not None:
-                ntk = kdot * ntk
-            if layer < len(sched) - 1:
-                k, ntk = _conv_pair(xp, _conv_diag, k, ntk, self.sb2)
-        nngp = xp.mean(k, axis=(2, 3)) + self.sb2
-        if ntk is None:
-            return (nngp,)
-        return nngp, xp.mean(ntk, axis=(2, 3)) + nngp
+        k, ntk, _ = self._walk("diag", self._plan()["all"], v1=v1, v2=v2, inputs=(x1, x2),
+                               with_ntk=self.kind == "ntk")
+        return (k,) if ntk is None else (k, ntk)
 
     def _diag_tile(self, x1, x2, v1, v2):
         """:meth:`_diag_pairs` over steps of a few rows of ``x1`` against all of ``x2``

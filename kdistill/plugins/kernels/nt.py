@@ -54,23 +54,33 @@ from kdistill.core.contracts import Kernel
 from kdistill.errors import ConfigError
 from kdistill.core.hookspecs import hookimpl
 from kdistill.core.validators import kernel_kind
+from kdistill.ops.convnet import AvgPool, Conv, ConvNetSpec, Readout, Relu
 
 
 def convnet_arch(depth: int = 3, sw2: float = 2.0, sb2: float = 0.01, pool: bool = True,
                  readout: str = "flatten", stem: bool = False, width: int = 1):
-    """The architecture of :class:`~kdistill.plugins.kernels.convnet.ConvNetKernel` in stax."""
+    """The architecture of :class:`~kdistill.plugins.kernels.convnet.ConvNetKernel` in stax:
+    the steps of :class:`~kdistill.ops.convnet.ConvNetSpec` with ``width`` channels.
+
+    Raises:
+        ConfigError: invalid spec parameters or ``width``.
+    """
     stax = _stax()
-    w, b = math.sqrt(sw2), math.sqrt(sb2)
-
-    def conv():
-        return stax.Conv(width, (3, 3), padding="SAME", W_std=w, b_std=b)
-
-    layers = [conv(), stax.Relu()] if stem else []
-    for _ in range(depth):
-        layers += [conv(), stax.Relu()] + ([stax.AvgPool((2, 2), strides=(2, 2))] if pool else [])
-    if readout not in ("flatten", "gap"):
-        raise ConfigError(f"convnet readout must be 'flatten' or 'gap', got {readout!r}")
-    layers += [stax.Flatten() if readout == "flatten" else stax.GlobalAvgPool(), stax.Dense(1, W_std=w, b_std=b)]
+    spec = ConvNetSpec(depth=depth, sw2=sw2, sb2=sb2, pool=pool, readout=readout, stem=stem)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(f"convnet width must be an integer >= 1, got {width!r}")
+    layers = []
+    for step in spec.layers():
+        if isinstance(step, Conv):
+            layers.append(stax.Conv(width, (step.size, step.size), padding="SAME",
+                                    W_std=math.sqrt(step.sw2), b_std=math.sqrt(step.sb2)))
+        elif isinstance(step, Relu):
+            layers.append(stax.Relu())
+        elif isinstance(step, AvgPool):
+            layers.append(stax.AvgPool((step.size, step.size), strides=(step.size, step.size)))
+        elif isinstance(step, Readout):
+            layers += [stax.Flatten() if step.kind == "flatten" else stax.GlobalAvgPool(),
+                       stax.Dense(1, W_std=math.sqrt(step.sw2), b_std=math.sqrt(step.sb2))]
     return stax.serial(*layers)
 
 

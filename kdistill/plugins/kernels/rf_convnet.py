@@ -1,7 +1,8 @@
 """Random-feature NNGP of ConvNets (``rf-convnet``), RFAD's kernel.
 
-``N`` random ConvNets side by side, each ``[conv3x3(width) SAME -> ReLU (-> 2x2 avg-pool)]``
-x ``depth`` (an optional ``stem`` conv + ReLU first, without pooling), run as one grouped
+``N`` random ConvNets side by side, each the network of a
+:class:`~kdistill.ops.convnet.ConvNetSpec` (``[conv3x3(width) SAME -> ReLU (-> 2x2
+avg-pool)]`` x ``depth``, an optional ``stem`` conv + ReLU first), run as one grouped
 convolution per layer (:meth:`Backend.conv2d`: ``lax.conv_general_dilated`` under JAX,
 channels_last ``conv2d`` under torch). Weights are standard normal in the standard
 scaling ``h = sqrt(sw2 / (9 C_in)) conv(a, W) + sqrt(sb2) b``. The readout features are
@@ -18,10 +19,10 @@ import math
 
 import attrs
 
-from kdistill.errors import ConfigError
-from kdistill.plugins.kernels.random_features import RandomFeatureKernel
 from kdistill.core.validators import boolean, positive_int
-from kdistill.plugins.kernels.convnet import readout_name
+from kdistill.errors import ConfigError
+from kdistill.ops.convnet import AvgPool, Conv, ConvNetSpec, Readout, Relu, readout_name
+from kdistill.plugins.kernels.random_features import RandomFeatureKernel
 
 
 @attrs.define(kw_only=True)
@@ -47,46 +48,52 @@ class RandomFeatureConvNetKernel(RandomFeatureKernel):
     readout: str = attrs.field(default="flatten", validator=readout_name)
     stem: bool = attrs.field(default=False, validator=boolean)
 
-    def schedule(self) -> list[bool]:
-        """One entry per conv + ReLU layer: whether an average pool follows it."""
-        return [False] * int(self.stem) + [self.pool] * self.depth
+    @property
+    def spec(self) -> ConvNetSpec:
+        """The architecture of each random network (:class:`~kdistill.ops.convnet.ConvNetSpec`)."""
+        return ConvNetSpec(depth=self.depth, pool=self.pool, readout=self.readout, stem=self.stem,
+                           sw2=self.sw2, sb2=self.sb2)
 
-    def _out_hw(self, h: int, w: int) -> tuple[int, int]:
-        for pooled in self.schedule():
-            if pooled:
-                h, w = h // 2, w // 2
-        return h, w
+    def schedule(self) -> list[bool]:
+        """One entry per conv + ReLU block: whether an average pool follows it."""
+        return list(self.spec.blocks())
 
     def shapes(self, input_shape):
         if len(input_shape) != 3:
             raise ConfigError(f"{type(self).__name__} needs NHWC images, got examples of shape {tuple(input_shape)}")
-        h, w = self._out_hw(input_shape[0], input_shape[1])
-        if h < 1 or w < 1:
-            raise ConfigError(f"images of {input_shape[0]}x{input_shape[1]} are too small for {sum(self.schedule())} 2x2 pools")
+        spec = self.spec
+        spec.check_image(input_shape[0], input_shape[1])
         n, c = self.n_models, self.width
         out = {}
-        for layer in range(len(self.schedule())):
-            c_in = input_shape[2] if layer == 0 else c  # layer 0 reads the shared input
-            out[f"w{layer}"], out[f"b{layer}"] = (3, 3, c_in, n * c), (n * c,)
+        convs = [s for s in spec.layers() if isinstance(s, Conv)]
+        for layer, conv in enumerate(convs):
+            c_in = input_shape[2] if conv.first else c  # the first conv reads the shared input
+            out[f"w{layer}"], out[f"b{layer}"] = (conv.size, conv.size, c_in, n * c), (n * c,)
         return out
 
     def _features(self, x, weights):
         xp, b = self.b.xp, self.b
         if x.ndim != 4:
             raise ConfigError(f"{type(self).__name__} needs NHWC images, got an array of shape {tuple(x.shape)}")
-        bias = math.sqrt(self.sb2)
-        a = x
-        for layer, pooled in enumerate(self.schedule()):
-            c_in = x.shape[3] if layer == 0 else self.width
-            groups = 1 if layer == 0 else self.n_models
-            h = b.conv2d(a, weights[f"w{layer}"], groups=groups) * math.sqrt(self.sw2 / (9 * c_in))
-            a = xp.maximum(h + bias * xp.astype(weights[f"b{layer}"], x.dtype), 0.0)
-            if pooled:
+        a, layer = x, 0
+        for step in self.spec.layers():
+            if isinstance(step, Conv):
+                c_in = x.shape[3] if step.first else self.width
+                groups = 1 if step.first else self.n_models
+                a = b.conv2d(a, weights[f"w{layer}"], groups=groups) * math.sqrt(step.sw2 / (9 * c_in))
+                a = a + math.sqrt(step.sb2) * xp.astype(weights[f"b{layer}"], x.dtype)
+                layer += 1
+            elif isinstance(step, Relu):
+                a = xp.maximum(a, 0.0)
+            elif isinstance(step, AvgPool):
                 n, hh, ww, c = a.shape
-                a = a[:, : hh // 2 * 2, : ww // 2 * 2, :]
-                a = xp.mean(xp.reshape(a, (n, hh // 2, 2, ww // 2, 2, c)), axis=(2, 4))
-        n, hh, ww, c = a.shape
-        if self.readout == "gap":
-            return self.readout_features(xp.mean(a, axis=(1, 2)), self.width)
-        # the order of the features does not change their inner product
-        return self.readout_features(xp.reshape(a, (n, -1)), hh * ww * self.width)
+                s = step.size
+                a = a[:, : hh // s * s, : ww // s * s, :]
+                a = xp.mean(xp.reshape(a, (n, hh // s, s, ww // s, s, c)), axis=(2, 4))
+            elif isinstance(step, Readout):
+                n, hh, ww, c = a.shape
+                if step.kind == "gap":
+                    return self.readout_features(xp.mean(a, axis=(1, 2)), self.width)
+                # the order of the features does not change their inner product
+                return self.readout_features(xp.reshape(a, (n, -1)), hh * ww * self.width)
+        raise AssertionError("a ConvNetSpec ends with its Readout")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,33 @@ def test_digits_shapes_classes_and_range():
     assert train_counts.sum() + test_counts.sum() == 1797
     again = load_digits()
     assert np.array_equal(again.x_train, ds.x_train) and np.array_equal(again.y_test, ds.y_test)
+
+
+def test_digits_passes_the_dataset_contract_check():
+    from kdistill.core.contracts import Dataset as CoreDataset
+    from kdistill.testing import check_dataset
+
+    assert Dataset is CoreDataset  # the contract lives in core; kdistill.datasets re-exports it
+    check_dataset("digits")
+    check_dataset(load_digits)
+
+
+def _tiny_dataset(seed: int = 0, scale: float = 255.0, y_train=(0, 1, 0, 1)) -> Dataset:
+    x = (np.random.default_rng(seed).random((4, 2, 2, 1)) * scale).astype(np.float32)
+    return Dataset("tiny", x, np.array(y_train), x[:2], np.array([0, 1]), 2, ("a", "b"))
+
+
+@pytest.mark.parametrize("loader, fragment", [
+    (lambda d: "not a dataset", "returned str, not a kdistill Dataset"),
+    (lambda d, n=iter(range(9)): _tiny_dataset(seed=next(n)), "loading must be deterministic"),
+    (lambda d: _tiny_dataset(scale=1000.0), "0..255 scale"),
+    (lambda d: _tiny_dataset(y_train=(0, 0, 0, 0)), "classes [1] have no training example"),
+])
+def test_check_dataset_reports_broken_contracts(loader, fragment):
+    from kdistill.testing import check_dataset
+
+    with pytest.raises(AssertionError, match=re.escape(fragment)):
+        check_dataset(loader)
 
 
 # ---------------------------------------------------------------------- IDX / MNIST

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from kdistill.errors import NotPositiveDefiniteError
-from kdistill.core.krr import krr_predict, label_solve
+from kdistill.core.krr import krr_predict
+from kdistill.plugins.methods.label_solve import label_solve
 from kdistill.plugins.kernels.fc import FCKernel
 from kdistill.plugins.kernels.rbf import RBFKernel
 from kdistill.plugins.losses.mse import MSELoss

@@ -1,7 +1,8 @@
-"""Kernel ridge regression on host data: blocked prediction, accuracy, Label Solve.
+"""Kernel ridge regression on host data: input checks, blocked prediction, accuracy.
 
 These functions take numpy inputs, move blocks to the backend of the (bound) kernel
-and solver, and return numpy outputs. They are what evaluation and Label Solve use;
+and solver, and return numpy outputs. They are what evaluation and Label Solve
+(:mod:`kdistill.plugins.methods.label_solve`) use;
 the distillation loop calls ``solver.fit`` directly on backend arrays.
 """
 
@@ -12,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from kdistill.core.contracts import Kernel, Solver
-from kdistill.core.config import plain
+from kdistill.core.validators import plain
 from kdistill.errors import ConfigError, DataError, IncompatibleComponentsError, NumericalError
 
 #: Default number of target rows per kernel block.
@@ -42,8 +43,18 @@ def as_real_array(x, what: str, ndim: int | None = None, min_ndim: int = 1) -> n
     return a
 
 
-def _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size):
-    """Validate the shared arguments of krr_predict / label_solve; returns numpy arrays."""
+def check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size):
+    """Validate the arguments that KRR on a support set shares (:func:`krr_predict`,
+    Label Solve) and return ``x_s`` ``[n_s, ...]`` and ``y_s`` ``[n_s, C]`` (or None) as
+    numpy arrays.
+
+    Raises:
+        IncompatibleComponentsError: kernel and solver bound to different backends.
+        ConfigError: ``ridge`` not a finite number >= 0, ``dtype`` not float32/float64,
+            ``block_size`` not an integer >= 1.
+        DataError: non-numeric or NaN/Inf inputs, an empty support set, ``y_s`` rows
+            not matching ``x_s``.
+    """
     if kernel.b.name != solver.b.name:
         raise IncompatibleComponentsError(
             f"kernel is bound to {kernel.b.name!r} but solver to {solver.b.name!r}; bind both to one backend"
@@ -66,7 +77,9 @@ def _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size):
     return x_s, y_s
 
 
-def _check_targets(x_t, x_s: np.ndarray) -> np.ndarray:
+def check_targets(x_t, x_s: np.ndarray) -> np.ndarray:
+    """``x_t`` ``[n_t, ...]`` as a numpy array of finite reals whose example shape is that
+    of ``x_s``. Raises DataError otherwise."""
     x_t = as_real_array(x_t, "x_t (targets [n_t, ...])", min_ndim=2)
     if x_t.shape[1:] != x_s.shape[1:]:
         raise DataError(
@@ -75,7 +88,9 @@ def _check_targets(x_t, x_s: np.ndarray) -> np.ndarray:
     return x_t
 
 
-def _check_finite(values: np.ndarray, what: str, ridge: float, dtype: str) -> np.ndarray:
+def check_finite(values: np.ndarray, what: str, ridge: float, dtype: str) -> np.ndarray:
+    """``values`` unchanged if all finite. Raises NumericalError naming ``what`` and the
+    remedies (a larger relative ``ridge``, float64 instead of ``dtype`` float32) otherwise."""
     if not np.isfinite(values).all():
         hint = ", use dtype='float64'" if dtype == "float32" else ""
         raise NumericalError(
@@ -231,8 +246,8 @@ def krr_predict(
         NotPositiveDefiniteError, NumericalError: unsolvable system, NaN/Inf
             predictions, or a numerically degenerate kernel (:func:`check_kernel_matrix`).
     """
-    x_s, y_s = _check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size)
-    x_t = _check_targets(x_t, x_s)
+    x_s, y_s = check_support(kernel, solver, x_s, y_s, ridge, dtype, block_size)
+    x_t = check_targets(x_t, x_s)
     check_kernel_matrix(kernel, x_s, dtype)
     b = solver.b
     hint = kernel.rows_per_block(len(x_s), tuple(x_s.shape[1:]))
@@ -241,7 +256,7 @@ def krr_predict(
     predictor = solver.fit(kernel, b.asarray(x_s, dtype), b.asarray(y_s, "float64"), ridge)
     out = np.empty((len(x_t), y_s.shape[1]), dtype=np.float64)
     for sl in iter_blocks(len(x_t), block_size):
-        out[sl] = _check_finite(b.to_numpy(predictor(b.asarray(x_t[sl], dtype))), "KRR predictions", ridge, dtype)
+        out[sl] = check_finite(b.to_numpy(predictor(b.asarray(x_t[sl], dtype))), "KRR predictions", ridge, dtype)
         if progress is not None:
             progress(sl.stop - sl.start)
     _check_ties(out, kernel, y_s)
@@ -263,63 +278,3 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
             f"{pred.shape} and {labels.shape} {labels.dtype}"
         )
     return float(np.mean(np.argmax(pred, axis=1) == labels))
-
-
-def label_solve(
-    kernel: Kernel,
-    solver: Solver,
-    x_s: np.ndarray,
-    x_t: np.ndarray,
-    y_t: np.ndarray,
-    ridge: float,
-    label_ridge: float = 1e-6,
-    dtype: str = "float32",
-    block_size: int = BLOCK_SIZE,
-) -> np.ndarray:
-    """Label Solve: the support labels that minimize the KRR target MSE.
-
-    With ``A = K_ts (K_ss + lam I)^-1`` ``[n_t, n_s]``, the least-norm minimizer of
-    ``||y_t - A y_s||^2`` is ``A^+ y_t`` (Nguyen et al. 2021, ICLR, sec. 3). It is
-    computed through the regularized normal equation
-    ``(A^T A + r I) y_s = A^T y_t`` with ``r = label_ridge * tr(A^T A) / n_s``,
-    accumulating ``A^T A`` and ``A^T y_t`` over target blocks (memory ``O(n_s^2)``),
-    in float64, never forming an explicit inverse.
-
-    Args:
-        x_s: ``[n_s, ...]`` support inputs; x_t: ``[n_t, ...]`` targets;
-        y_t: ``[n_t, C]`` target labels. ridge: relative KRR ridge ``lam``.
-        label_ridge: relative Tikhonov ``r`` of the normal equation (> 0).
-    Returns:
-        ``[n_s, C]`` float64 labels.
-    Raises:
-        DataError: as :func:`krr_predict`, and ``y_t`` not ``[n_t, C]`` with ``n_t``
-            matching ``x_t``. ConfigError: also ``label_ridge`` <= 0.
-        NotPositiveDefiniteError, NumericalError: singular systems, NaN/Inf labels,
-            a numerically degenerate kernel (:func:`check_kernel_matrix`).
-    """
-    x_s, _ = _check_support(kernel, solver, x_s, None, ridge, dtype, block_size)
-    x_t = _check_targets(x_t, x_s)
-    y_t = as_real_array(y_t, "y_t (target labels [n_t, C])", ndim=2)
-    if len(x_t) != len(y_t):
-        raise DataError(f"x_t has {len(x_t)} rows but y_t has {len(y_t)}")
-    if len(x_t) == 0 or y_t.shape[1] == 0:
-        raise DataError(f"label_solve needs at least one target and one class; got y_t of shape {y_t.shape}")
-    if isinstance(label_ridge, bool) or not isinstance(label_ridge, (int, float)) or not (
-        np.isfinite(label_ridge) and label_ridge > 0
-    ):
-        raise ConfigError(f"label_ridge must be a finite number > 0, got {plain(label_ridge)!r}")
-    check_kernel_matrix(kernel, x_s, dtype)
-    b = solver.b
-    xp = b.xp
-    xs = b.asarray(x_s, dtype)
-    k_ss = b.cast(kernel(xs, xs), "float64")
-    n_s = k_ss.shape[0]
-    gram = xp.zeros((n_s, n_s), dtype=b.dtype("float64"))
-    rhs = xp.zeros((n_s, y_t.shape[1]), dtype=b.dtype("float64"))
-    for sl in iter_blocks(len(x_t), block_size):
-        k_st = b.cast(kernel(xs, b.asarray(x_t[sl], dtype)), "float64")  # [n_s, m]
-        a_t = solver.solve(k_ss, k_st, ridge)  # (K_ss + lam I)^-1 K_st = A^T [n_s, m]
-        gram = gram + a_t @ a_t.T
-        rhs = rhs + a_t @ b.asarray(y_t[sl], "float64")
-    y_s = solver.solve(gram, rhs, label_ridge)
-    return _check_finite(b.to_numpy(y_s), "solved labels", ridge, dtype)

@@ -8,7 +8,8 @@ loaders that need them.
 from __future__ import annotations
 
 from kdistill.core.hookspecs import hookimpl
-from kdistill.datasets.base import Dataset, resolve_dir
+from kdistill.core.contracts import Dataset
+from kdistill.datasets.base import resolve_dir
 from kdistill.datasets.cifar import load_cifar10, load_cifar100
 from kdistill.datasets.digits import load_digits
 from kdistill.datasets.mnist import load_fashion_mnist, load_mnist, read_idx

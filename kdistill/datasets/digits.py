@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdistill.datasets.base import Dataset
+from kdistill.core.contracts import Dataset
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from kdistill.errors import DataFileError
-from kdistill.datasets.base import Dataset, check_labels, resolve_dir
+from kdistill.core.contracts import Dataset, check_labels
+from kdistill.datasets.base import resolve_dir
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from kdistill.errors import DataFileError, KdistillError
-from kdistill.datasets.base import Dataset, resolve_dir
+from kdistill.core.contracts import Dataset
+from kdistill.datasets.base import resolve_dir
 
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 SVHN_NAMES = tuple(str(d) for d in range(10))

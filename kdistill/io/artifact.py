@@ -87,7 +87,7 @@ class DistilledSet:
             ArtifactError: the write failed (e.g. disk full); a previous file at
                 ``path`` is unchanged and no partial file is left.
         """
-        from kdistill import __version__
+        from kdistill.version import __version__
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

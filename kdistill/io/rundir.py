@@ -37,7 +37,7 @@ import os
 import shutil
 from pathlib import Path
 
-from kdistill.core.config import check_path_length, path_error_message, short_path
+from kdistill.io.paths import check_path_length, path_error_message, short_path
 from kdistill.errors import CheckpointError, ConfigError, RunDirectoryError, RunDirectoryInUse
 
 LOCK_NAME = ".kdistill.lock"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any
 
 import attrs
 import numpy as np
 
+from kdistill.core.validators import fail, float_range, int_at_least, is_int, one_of
 from kdistill.errors import ConfigError
 
 PROTOCOL_VERSION = 1
@@ -25,42 +25,6 @@ LOSSES = ("mse", "ce")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 LABEL_MODES = ("artifact", "argmax", "class")
-
-
-def show(value: Any) -> str:
-    """``value`` as a user wrote it, for messages: numbers plainly (``2``, ``inf``, not
-    ``np.int64(2)``), strings quoted, lists and tuples element by element."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(show(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}" if math.isfinite(value) else str(value)
-    return repr(value)
-
-
-def _one_of(options):
-    def validate(inst, attr, value):
-        if not isinstance(value, str) or value not in options:
-            raise ConfigError(f"NNProtocol.{attr.name} must be one of {', '.join(options)}, got {show(value)}")
-    return validate
-
-
-def _int_at_least(lo: int):
-    def validate(inst, attr, value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ConfigError(f"NNProtocol.{attr.name} must be an integer >= {lo}, got {show(value)}")
-    return validate
-
-
-def _float_range(lo: float, hi: float | None = None, lo_open: bool = False):
-    def validate(inst, attr, value):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
-        if not ok:
-            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
-            raise ConfigError(f"NNProtocol.{attr.name} must be a finite number {rng}, got {show(value)}")
-    return validate
 
 
 def _int(value):
@@ -83,10 +47,10 @@ def _seeds_converter(value):
 def _seeds(inst, attr, value):
     if (
         not isinstance(value, tuple) or not value
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)
+        or any(not is_int(s) or s < 0 for s in value)
         or len(set(value)) != len(value)
     ):
-        raise ConfigError(f"NNProtocol.seeds must be a non-empty list of distinct integers >= 0, got {show(value)}")
+        fail(inst, attr, "a non-empty list of distinct integers >= 0", value)
 
 
 def _float(value):
@@ -124,23 +88,23 @@ class NNProtocol:
         ConfigError: on any invalid field or combination.
     """
 
-    model: str = attrs.field(default="convnet", validator=_one_of(MODELS))
-    width: int = attrs.field(default=128, converter=_int, validator=_int_at_least(1))
-    depth: int = attrs.field(default=3, converter=_int, validator=_int_at_least(1))
-    norm: str = attrs.field(default="instance", validator=_one_of(NORMS))
-    loss: str = attrs.field(default="mse", validator=_one_of(LOSSES))
-    optimizer: str = attrs.field(default="sgd", validator=_one_of(OPTIMIZERS))
-    lr: float = attrs.field(default=0.01, converter=_float, validator=_float_range(0.0, lo_open=True))
-    momentum: float = attrs.field(default=0.9, converter=_float, validator=_float_range(0.0, 1.0))
-    weight_decay: float = attrs.field(default=5e-4, converter=_float, validator=_float_range(0.0))
-    schedule: str = attrs.field(default="cosine", validator=_one_of(SCHEDULES))
-    steps: int = attrs.field(default=300, converter=_int, validator=_int_at_least(1))
-    batch_size: int = attrs.field(default=256, converter=_int, validator=_int_at_least(1))
+    model: str = attrs.field(default="convnet", validator=one_of(MODELS))
+    width: int = attrs.field(default=128, converter=_int, validator=int_at_least(1))
+    depth: int = attrs.field(default=3, converter=_int, validator=int_at_least(1))
+    norm: str = attrs.field(default="instance", validator=one_of(NORMS))
+    loss: str = attrs.field(default="mse", validator=one_of(LOSSES))
+    optimizer: str = attrs.field(default="sgd", validator=one_of(OPTIMIZERS))
+    lr: float = attrs.field(default=0.01, converter=_float, validator=float_range(0.0, lo_open=True))
+    momentum: float = attrs.field(default=0.9, converter=_float, validator=float_range(0.0, 1.0))
+    weight_decay: float = attrs.field(default=5e-4, converter=_float, validator=float_range(0.0))
+    schedule: str = attrs.field(default="cosine", validator=one_of(SCHEDULES))
+    steps: int = attrs.field(default=300, converter=_int, validator=int_at_least(1))
+    batch_size: int = attrs.field(default=256, converter=_int, validator=int_at_least(1))
     seeds: tuple = attrs.field(default=(0, 1, 2), converter=_seeds_converter, validator=_seeds)
-    label_mode: str = attrs.field(default="artifact", validator=_one_of(LABEL_MODES))
-    eval_every: int = attrs.field(default=100, converter=_int, validator=_int_at_least(0))
-    curve_test_size: int = attrs.field(default=1000, converter=_int, validator=_int_at_least(1))
-    version: int = attrs.field(default=PROTOCOL_VERSION, converter=_int, validator=_int_at_least(1))
+    label_mode: str = attrs.field(default="artifact", validator=one_of(LABEL_MODES))
+    eval_every: int = attrs.field(default=100, converter=_int, validator=int_at_least(0))
+    curve_test_size: int = attrs.field(default=1000, converter=_int, validator=int_at_least(1))
+    version: int = attrs.field(default=PROTOCOL_VERSION, converter=_int, validator=int_at_least(1))
 
     def __attrs_post_init__(self):
         if self.version > PROTOCOL_VERSION:

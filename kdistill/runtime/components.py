@@ -135,7 +135,7 @@ def prepare_data(
         an empty test split, or a class with fewer than ``ipc`` training examples.
     """
     from kdistill.datasets.fingerprint import dataset_fingerprint
-    from kdistill.datasets.base import Dataset
+    from kdistill.core.contracts import Dataset
 
     ds = dataset if dataset is not None else load_dataset(config, registry)
     if not isinstance(ds, Dataset):

@@ -29,7 +29,7 @@ import attrs
 import numpy as np
 
 from kdistill.core.contracts import RandomKernel
-from kdistill.core.validators import nonneg, positive, positive_int
+from kdistill.core.validators import nonneg, nonneg_int, positive, positive_int
 
 
 @attrs.define(kw_only=True)
@@ -42,7 +42,7 @@ class RandomFeatureKernel(RandomKernel):
         sw2, sb2: weight and bias variances, the same as the exact kernel's (the empirical
             kernel converges to the exact NNGP with these hyperparameters as ``N C`` grows,
             error ``O(1 / sqrt(N C))``).
-        seed: the fixed draw used outside the distillation loop.
+        seed: the fixed draw used outside the distillation loop (an integer >= 0).
 
     Subclasses define :meth:`shapes` (name -> shape of every weight array for the given
     input shape) and :meth:`_features` (features from inputs and weights).
@@ -54,7 +54,7 @@ class RandomFeatureKernel(RandomKernel):
     width: int = attrs.field(default=128, validator=positive_int)
     sw2: float = attrs.field(default=2.0, converter=float, validator=positive)
     sb2: float = attrs.field(default=0.01, converter=float, validator=nonneg)
-    seed: int = attrs.field(default=0, validator=nonneg)
+    seed: int = attrs.field(default=0, validator=nonneg_int)
     _weights: dict | None = attrs.field(default=None, init=False, repr=False, eq=False)
     _fixed: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
 

@@ -1,5 +1,8 @@
 """Label Solve (Nguyen et al. 2021, ICLR, Sec. 3): keep real support images and solve
-for the labels that minimize the KRR loss on a target batch, in closed form."""
+for the labels that minimize the KRR loss on a target batch, in closed form.
+
+:func:`label_solve` is the closed-form solve on numpy arrays; :func:`run_label_solve`
+is the registered method (``method = "label-solve"``) built on it."""
 
 from __future__ import annotations
 
@@ -8,11 +11,84 @@ import time
 import numpy as np
 
 from kdistill.core.config import DistillConfig
-from kdistill.core.krr import accuracy, krr_predict, label_solve
+from kdistill.core.contracts import Kernel, Solver
+from kdistill.core.krr import (
+    BLOCK_SIZE,
+    accuracy,
+    as_real_array,
+    check_finite,
+    check_kernel_matrix,
+    check_support,
+    check_targets,
+    iter_blocks,
+    krr_predict,
+)
 from kdistill.core.sampling import TargetSampler
+from kdistill.core.validators import plain
+from kdistill.errors import ConfigError, DataError
 from kdistill.io.artifact import DistilledSet
 from kdistill.runtime.components import Components, PreparedData
 from kdistill.runtime.support import init_support, make_result, random_baseline
+
+
+def label_solve(
+    kernel: Kernel,
+    solver: Solver,
+    x_s: np.ndarray,
+    x_t: np.ndarray,
+    y_t: np.ndarray,
+    ridge: float,
+    label_ridge: float = 1e-6,
+    dtype: str = "float32",
+    block_size: int = BLOCK_SIZE,
+) -> np.ndarray:
+    """Label Solve: the support labels that minimize the KRR target MSE.
+
+    With ``A = K_ts (K_ss + lam I)^-1`` ``[n_t, n_s]``, the least-norm minimizer of
+    ``||y_t - A y_s||^2`` is ``A^+ y_t`` (Nguyen et al. 2021, ICLR, sec. 3). It is
+    computed through the regularized normal equation
+    ``(A^T A + r I) y_s = A^T y_t`` with ``r = label_ridge * tr(A^T A) / n_s``,
+    accumulating ``A^T A`` and ``A^T y_t`` over target blocks (memory ``O(n_s^2)``),
+    in float64, never forming an explicit inverse.
+
+    Args:
+        x_s: ``[n_s, ...]`` support inputs; x_t: ``[n_t, ...]`` targets;
+        y_t: ``[n_t, C]`` target labels. ridge: relative KRR ridge ``lam``.
+        label_ridge: relative Tikhonov ``r`` of the normal equation (> 0).
+    Returns:
+        ``[n_s, C]`` float64 labels.
+    Raises:
+        DataError: as :func:`kdistill.core.krr.krr_predict`, and ``y_t`` not ``[n_t, C]`` with ``n_t``
+            matching ``x_t``. ConfigError: also ``label_ridge`` <= 0.
+        NotPositiveDefiniteError, NumericalError: singular systems, NaN/Inf labels,
+            a numerically degenerate kernel (:func:`kdistill.core.krr.check_kernel_matrix`).
+    """
+    x_s, _ = check_support(kernel, solver, x_s, None, ridge, dtype, block_size)
+    x_t = check_targets(x_t, x_s)
+    y_t = as_real_array(y_t, "y_t (target labels [n_t, C])", ndim=2)
+    if len(x_t) != len(y_t):
+        raise DataError(f"x_t has {len(x_t)} rows but y_t has {len(y_t)}")
+    if len(x_t) == 0 or y_t.shape[1] == 0:
+        raise DataError(f"label_solve needs at least one target and one class; got y_t of shape {y_t.shape}")
+    if isinstance(label_ridge, bool) or not isinstance(label_ridge, (int, float)) or not (
+        np.isfinite(label_ridge) and label_ridge > 0
+    ):
+        raise ConfigError(f"label_ridge must be a finite number > 0, got {plain(label_ridge)!r}")
+    check_kernel_matrix(kernel, x_s, dtype)
+    b = solver.b
+    xp = b.xp
+    xs = b.asarray(x_s, dtype)
+    k_ss = b.cast(kernel(xs, xs), "float64")
+    n_s = k_ss.shape[0]
+    gram = xp.zeros((n_s, n_s), dtype=b.dtype("float64"))
+    rhs = xp.zeros((n_s, y_t.shape[1]), dtype=b.dtype("float64"))
+    for sl in iter_blocks(len(x_t), block_size):
+        k_st = b.cast(kernel(xs, b.asarray(x_t[sl], dtype)), "float64")  # [n_s, m]
+        a_t = solver.solve(k_ss, k_st, ridge)  # (K_ss + lam I)^-1 K_st = A^T [n_s, m]
+        gram = gram + a_t @ a_t.T
+        rhs = rhs + a_t @ b.asarray(y_t[sl], "float64")
+    y_s = solver.solve(gram, rhs, label_ridge)
+    return check_finite(b.to_numpy(y_s), "solved labels", ridge, dtype)
 
 
 def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData, callback=None, run_dir=None,

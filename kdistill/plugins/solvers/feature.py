@@ -2,7 +2,7 @@
 
 For a kernel ``k(x, x') = Phi(x) . Phi(x')`` with features ``Phi_s = Phi(X_s)``
 ``[n_s, D]`` and the relative ridge ``lam = ridge * ||Phi_s||_F^2 / n_s`` (equal to
-``ridge * tr(K_ss) / n_s``, the convention of :func:`kdistill.core.contracts.relative_ridge`),
+``ridge * tr(K_ss) / n_s``, the convention of :func:`kdistill.core.contracts.absolute_ridge`),
 the KRR predictor is ``yhat(x_t) = Phi(x_t) w`` with, by the Woodbury (push-through)
 identity ``Phi^T (Phi Phi^T + lam I_n)^-1 = (Phi^T Phi + lam I_D)^-1 Phi^T``::
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from kdistill.core.contracts import Kernel, Predictor, Solver
+from kdistill.core.contracts import Kernel, Predictor, Solver, absolute_ridge
 from kdistill.ops.linalg import checked_cholesky, cholesky_solve
 
 
@@ -63,7 +63,7 @@ class FeatureSolver(Solver):
         y = b.cast(y_s, "float64")
         n, d = phi.shape
         if d < n:
-            lam = ridge * xp.sum(phi * phi) / n
+            lam = absolute_ridge(ridge, xp.sum(phi * phi), n)  # tr(Phi Phi^T) = ||Phi||_F^2
             a = phi.T @ phi + lam * xp.eye(d, dtype=phi.dtype)
             chol = checked_cholesky(b, a, ridge, "Phi_s^T Phi_s + ridge*I")
             w = b.cho_solve(chol, phi.T @ y)

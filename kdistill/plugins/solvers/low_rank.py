@@ -39,32 +39,15 @@ Both need ``ridge > 0`` (``ConfigError`` otherwise).
 
 from __future__ import annotations
 
-import math
-
 import attrs
 import numpy as np
 
 from kdistill.core.contracts import KernelPredictor, Solver, relative_ridge
 from kdistill.errors import ConfigError
-from kdistill.core.validators import positive_int
+from kdistill.core.validators import nonneg, nonneg_int, one_of, positive_int
 from kdistill.ops.linalg import checked_cholesky
 
 METHODS = ("nystrom", "eig")
-
-
-def _method(inst, attr, value) -> None:
-    if value not in METHODS:
-        raise ConfigError(f"{type(inst).__name__}.{attr.name} must be one of {', '.join(METHODS)}, got {value!r}")
-
-
-def _nonneg_int(inst, attr, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{type(inst).__name__}.{attr.name} must be an integer >= 0, got {value!r}")
-
-
-def _nonneg_float(inst, attr, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{type(inst).__name__}.{attr.name} must be a finite number >= 0, got {value!r}")
 
 
 @attrs.define(kw_only=True)
@@ -80,10 +63,10 @@ class LowRankSolver(Solver):
         jitter: added to the landmark block as ``jitter * mean(diag W)`` (nystrom), >= 0.
     """
 
-    method: str = attrs.field(default="nystrom", validator=_method)
+    method: str = attrs.field(default="nystrom", validator=one_of(METHODS))
     rank: int = attrs.field(default=64, validator=positive_int)
-    seed: int = attrs.field(default=0, validator=_nonneg_int)
-    jitter: float = attrs.field(default=1e-10, validator=_nonneg_float)
+    seed: int = attrs.field(default=0, validator=nonneg_int)
+    jitter: float = attrs.field(default=1e-10, validator=nonneg)
 
     def _check_ridge(self, ridge) -> None:
         if isinstance(ridge, (int, float)) and not ridge > 0:
@@ -144,6 +127,7 @@ class LowRankSolver(Solver):
         scale = xp.mean(xp.linalg.diagonal(w))
         chol_w = checked_cholesky(b, w + self.jitter * scale * eye, ridge, "Nystrom landmark block W + jitter*I")
         f = b.solve_triangular(chol_w, c.T, lower=True).T  # [n, m], K ~ F F^T
+        # lam = ridge * mean(diag W): the absolute ridge estimated on the landmarks (module docstring)
         chol = checked_cholesky(b, f.T @ f + ridge * scale * eye, ridge, "F^T F + ridge*I (Nystrom)")
         return b.solve_triangular(chol_w.T, b.cho_solve(chol, f.T @ y), lower=False)
 

@@ -42,7 +42,8 @@ def make_step(config: DistillConfig, n_support: int, target_batch: int, shape: t
     y_s = centered_one_hot(np.arange(n_support) % 10, 10)
     params = {"x_s": rng.standard_normal((n_support, *shape)).astype(np.float32), "y_s": y_s}
     params.update({f"loss/{k}": v for k, v in comps.loss.init_params().items()})
-    trainer = b.make_trainer(make_kip_loss(comps, config, b.asarray(y_s, "float64")), params, "adam", 1e-3)
+    train = b.make_step(make_kip_loss(comps, config, b.asarray(y_s, "float64")), "adam", lr=1e-3)
+    state = [train.init(params)]
     x_t = b.asarray(rng.standard_normal((target_batch, *shape)).astype(np.float32))
     y_t = b.asarray(centered_one_hot(np.arange(target_batch) % 10, 10), "float64")
     counter = [0]
@@ -53,7 +54,8 @@ def make_step(config: DistillConfig, n_support: int, target_batch: int, shape: t
         if comps.kernel.is_random:
             drawn = comps.kernel.sample_weights(step_seed(0, counter[0]), shape)
             batch += ({k: b.asarray(v, "float32") for k, v in drawn.items()},)
-        return trainer.step(*batch)
+        state[0], metrics = train(state[0], *batch)
+        return float(metrics["loss"])  # waits for the step (JAX dispatches asynchronously)
 
     return step
 

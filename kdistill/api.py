@@ -132,6 +132,7 @@ def run(
         As :func:`distill`; whatever ``write`` raises (the checkpoint then stays).
     """
     from kdistill.io.checkpoint import check_same_config, read_checkpoint
+    from kdistill.core.loop import make_optimizer
     from kdistill.core.registry import get_registry
     from kdistill.io.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
@@ -146,6 +147,7 @@ def run(
             lock = stack.enter_context(RunDirectory(run_dir, mode="resume", what=what))
             check_same_config(read_checkpoint(run_dir), config.to_dict(), run_dir)
         comps = build_components(config)
+        make_optimizer(config)  # an unknown optimizer or schedule fails here, before any work
         comps.callbacks = [get_registry().create("callbacks", spec.name, **spec.params) for spec in config.callbacks]
         if run_dir is not None and not resume:
             lock = stack.enter_context(RunDirectory(run_dir, overwrite=overwrite, what=what))

@@ -17,7 +17,7 @@ from kdistill.nn.commands import allow_data_mismatch_option, threads_option
 # CLI flag -> config field (None values are not overrides)
 _FLAG_FIELDS = (
     "method", "dataset", "data_dir", "backend", "kernel", "solver", "loss", "eval_kernel",
-    "ipc", "steps", "lr", "optimizer", "target_batch", "ridge", "learn_labels", "init",
+    "ipc", "steps", "lr", "optimizer", "schedule", "target_batch", "ridge", "learn_labels", "init",
     "dtype", "seed", "eval_every", "preprocess", "checkpoint_every", "threads",
 )
 
@@ -46,7 +46,10 @@ def main() -> None:
 @click.option("--ipc", type=int, help="Images per class. Default: 10.")
 @click.option("--steps", type=int, help="Optimizer steps. Default: 200.")
 @click.option("--lr", type=float, help="Learning rate. Default: 0.01.")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]))
+@click.option("--optimizer", help="Optimizer name: adam (default), sgd, adamw, or a plugin's (see `kdistill plugins`); "
+                                  "set its parameters with -s optimizer.b1=0.8.")
+@click.option("--schedule", help="Learning-rate schedule: constant (default), cosine, warmup-cosine, or a plugin's; "
+                                 "parameters with -s schedule.alpha=0.1.")
 @click.option("--target-batch", type=int, help="Targets per step (class-balanced). Default: 5000.")
 @click.option("--ridge", type=float, help="Relative ridge lambda. Default: 1e-6.")
 @click.option("--learn-labels/--fixed-labels", default=None, help="Learn the support labels.")
@@ -89,7 +92,7 @@ def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=Fa
     signal); `kdistill distill --resume RUN_DIR` continues such a run (one stopped
     in the final evaluation is only evaluated again).
 
-    A component flag (--kernel, --solver, --loss, --eval-kernel) naming the
+    A component flag (--kernel, --solver, --loss, --eval-kernel, --optimizer, --schedule) naming the
     component the --config already has keeps its parameters; naming another one
     starts from that component's defaults, with a note saying which settings went.
     """

@@ -1,5 +1,5 @@
-"""Conformance checks for kernel, random kernel, solver, loss, method and run-callback
-plugins (run them in your plugin's CI, like scikit-learn's ``check_estimator``).
+"""Conformance checks for kernel, random kernel, solver, loss, method, run-callback, optimizer
+and schedule plugins (run them in your plugin's CI, like scikit-learn's ``check_estimator``).
 
 Each check builds the component on every backend it declares (and that is
 installed), runs it on small random inputs and raises ``AssertionError`` with a
@@ -319,3 +319,211 @@ def check_callback(factory: Callable[..., Any], *, backends: tuple[str, ...] = (
         with_hook = run_kip(config, comps, data)
         assert seen == [1, 2, 3], f"{factory.__name__} saw steps {seen}, expected [1, 2, 3]"
         assert np.array_equal(with_hook.images, plain.images), f"{factory.__name__} changed the result on {name}"
+
+
+def check_dataset(loader: Callable[..., Any] | str, data_dir: str | None = None) -> None:
+    """Check a dataset plugin (``kdistill_register_datasets``) against the
+    :class:`~kdistill.core.contracts.Dataset` contract: the loader returns a ``Dataset``
+    whose images are ``[N, H, W, C]`` NHWC uint8 or float32 (floats finite, on the
+    0..255 scale), train and test alike in ``(H, W, C)`` and dtype; whose labels are
+    ``[N]`` int64 in ``0..num_classes-1``, one per image; with ``num_classes`` class
+    names, a non-empty test split and every class present in the training split; and
+    loading twice gives the same arrays (deterministic loading).
+
+    Args:
+        loader: the loader ``loader(data_dir) -> Dataset``, or the registered name of one
+            (e.g. ``"digits"``).
+        data_dir: passed to the loader (None for embedded datasets).
+    Raises:
+        AssertionError: naming the broken part of the contract.
+    """
+    from kdistill.core.contracts import Dataset, check_images, check_labels
+    from kdistill.errors import DataError
+
+    if isinstance(loader, str):
+        loader = get_registry().get("datasets", loader).factory
+    what = f"dataset loader {getattr(loader, '__name__', loader)!r}"
+    first, second = loader(data_dir), loader(data_dir)
+    for ds in (first, second):
+        assert isinstance(ds, Dataset), f"{what} returned {type(ds).__name__}, not a kdistill Dataset"
+    ds = first
+    where = f"{what} (dataset {ds.name!r})"
+    assert isinstance(ds.name, str) and ds.name, f"{where}: name must be a non-empty string, got {ds.name!r}"
+    assert isinstance(ds.num_classes, int) and ds.num_classes >= 1, f"{where}: num_classes {ds.num_classes!r}"
+    assert len(ds.class_names) == ds.num_classes and all(isinstance(n, str) for n in ds.class_names), (
+        f"{where}: class_names must be {ds.num_classes} strings, got {ds.class_names!r}")
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        try:
+            check_images(x, f"{where}: x_{split}")
+            check_labels(y, ds.num_classes, f"{where}: y_{split}", count=len(x))
+        except DataError as exc:
+            raise AssertionError(str(exc)) from exc
+        assert y.dtype == np.int64, f"{where}: y_{split} has dtype {y.dtype}, expected int64"
+        assert len(x) >= 1, f"{where}: the {split} split is empty"
+        if x.dtype.kind == "f":
+            lo, hi = float(x.min()), float(x.max())
+            assert 0.0 <= lo and hi <= 255.0, (
+                f"{where}: float x_{split} must lie on the 0..255 scale, found values in {lo:g}..{hi:g}")
+    assert ds.x_test.shape[1:] == ds.x_train.shape[1:], (
+        f"{where}: train images {ds.x_train.shape[1:]} and test images {ds.x_test.shape[1:]} differ in [H, W, C]")
+    assert ds.x_test.dtype == ds.x_train.dtype, f"{where}: train {ds.x_train.dtype} vs test {ds.x_test.dtype} images"
+    counts = np.bincount(ds.y_train, minlength=ds.num_classes)
+    missing = [int(c) for c in np.flatnonzero(counts == 0)]
+    assert not missing, f"{where}: classes {missing} have no training example (class counts {counts.tolist()})"
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        a, b = getattr(first, field), getattr(second, field)
+        assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b), (
+            f"{where}: two loads give different {field}: loading must be deterministic")
+    assert (first.name, first.num_classes, tuple(first.class_names)) == (
+        second.name, second.num_classes, tuple(second.class_names)), f"{where}: two loads give different metadata"
+
+
+def _quadratic(b):
+    """``loss(params, t) = mean_i 0.5 * s_i (w_i - t_i)^2 + 0.5 * (loss/c - 1)^2``: a convex
+    quadratic with its minimum at ``w = t``, ``loss/c = 1`` (a batch mean, like KIP's)."""
+    xp = b.xp
+    scales = b.asarray(np.linspace(0.5, 2.0, 12).reshape(3, 4), "float64")
+
+    def loss_fn(params, t):
+        return xp.mean(0.5 * scales * (params["w"] - t) ** 2) + 0.5 * (params["loss/c"] - 1.0) ** 2
+
+    return loss_fn
+
+
+def _same_arrays(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), f"{what}: keys {sorted(a)} vs {sorted(b)}"
+    for k in a:
+        x, y = np.asarray(a[k]), np.asarray(b[k])
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), f"{what}: {k} differs"
+
+
+def _run_steps(train, state, batch, n: int):
+    losses = []
+    for _ in range(n):
+        state, metrics = train(state, *batch)
+        assert bool(metrics["finite"]), "the step reports a non-finite loss or gradient on a quadratic"
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def check_optimizer(factory: Callable[..., Any], *, steps: int = 8, lr: float = 0.05, seed: int = 0,
+                    **params: Any) -> None:
+    """Check an optimizer (``kdistill_register_optimizers``) on every installed backend
+    it declares, in float64, on a small convex quadratic (a batch mean over 12 targets
+    plus a scalar parameter ``loss/c``):
+
+    - it decreases the loss over ``steps`` steps (constant learning rate ``lr``);
+    - the step is pure: the input state's checkpoint arrays are unchanged by a step;
+    - the state round-trips through :meth:`~kdistill.core.backend.TrainStep.to_arrays`
+      (numeric numpy arrays only) and ``from_arrays``, and the restored state continues
+      bit-for-bit as the original (also with the ``cosine`` schedule, whose state
+      counts updates);
+    - its optax and ``torch.optim`` declarations give the same parameters after
+      ``steps`` steps: relative difference at most ``100 * steps`` float64 machine
+      epsilons (the two libraries round differently, by a few units in the last place
+      per operation).
+
+    Args:
+        factory: the Optimizer class (or a factory of instances); params: its
+            hyperparameters.
+    """
+    from kdistill.core.contracts import Optimizer
+
+    opt = factory(**params)
+    name = type(opt).__name__
+    assert isinstance(opt, Optimizer), f"{name} must subclass kdistill.core.contracts.Optimizer"
+    rng = np.random.default_rng(seed)
+    init = {"w": rng.standard_normal((3, 4)), "loss/c": np.asarray(-0.5)}
+    target = rng.standard_normal((3, 4))
+    finals = {}
+    for b in _backends(type(opt)):
+        what = f"{name} on {b.name}"
+        train = b.make_step(_quadratic(b), opt, "constant", lr, "float64", steps)
+        batch = (b.asarray(target, "float64"),)
+        state0 = train.init(init)
+        before = train.to_arrays(state0)
+        assert all(type(v) is np.ndarray and v.dtype.kind in "fiub" for v in before.values()), (
+            f"{what}: to_arrays must give numeric numpy arrays")
+        state1, first = _run_steps(train, state0, batch, 1)
+        _same_arrays(train.to_arrays(state0), before, f"{what}: the step changed its input state")
+        state, losses = _run_steps(train, state1, batch, steps - 1)
+        final, _ = _run_steps(train, state, batch, 1)
+        start = float(train.gradients(state0, *batch)[0])
+        assert losses[-1] < start, f"{what}: the loss went from {start:.6g} to {losses[-1]:.6g}, not down"
+        finals[b.name] = np.concatenate([v.ravel() for _, v in sorted(train.params(final).items())])
+        for sched in ("constant", "cosine"):
+            tr = b.make_step(_quadratic(b), opt, sched, lr, "float64", steps)
+            mid, _ = _run_steps(tr, tr.init(init), batch, 3)
+            arrays = tr.to_arrays(mid)
+            restored = tr.from_arrays({k: v.copy() for k, v in arrays.items()})
+            _same_arrays(tr.to_arrays(restored), arrays, f"{what}, {sched} schedule: to_arrays/from_arrays")
+            a, la = _run_steps(tr, mid, batch, 3)
+            r, lr_ = _run_steps(tr, restored, batch, 3)
+            assert la == lr_, f"{what}, {sched} schedule: a restored state continues differently"
+            _same_arrays(tr.to_arrays(r), tr.to_arrays(a), f"{what}, {sched} schedule: restored state")
+    names = list(finals)
+    tol = 100 * steps * np.finfo(np.float64).eps
+    for other in names[1:]:
+        got, want = finals[other], finals[names[0]]
+        err = np.max(np.abs(got - want) / np.maximum(np.abs(want), 1.0))
+        assert err <= tol, (f"{name}: {other!r} and {names[0]!r} disagree after {steps} steps by {err:.3g} "
+                            f"(relative; at most {tol:.3g}): the optax and torch.optim declarations differ")
+
+
+def check_schedule(factory: Callable[..., Any], *, total: int = 20, lr: float = 0.1, **params: Any) -> None:
+    """Check a learning-rate schedule (``kdistill_register_schedules``) on every installed
+    backend it declares:
+
+    - ``schedule(count, total)`` is a finite scalar >= 0 for ``count`` 0 .. ``total + 5``,
+      the same on every backend (relative 1e-12), and traceable: under ``jax.jit`` it
+      gives the eager values; a schedule declaring ``constant`` is 1 everywhere;
+    - a run uses it: ``total`` steps of plain gradient descent (``sgd``, momentum 0) on
+      a loss with constant gradient move the parameter by ``lr * sum_k schedule(k)``
+      times the gradient (1e-12), and the state round-trips through the checkpoint arrays
+      mid-run and continues bit-for-bit.
+
+    Args:
+        factory: the Schedule class (or a factory); params: its parameters.
+    """
+    from kdistill.core.contracts import Schedule
+
+    sched = factory(**params)
+    name = type(sched).__name__
+    assert isinstance(sched, Schedule), f"{name} must subclass kdistill.core.contracts.Schedule"
+    counts = np.arange(total + 6)
+    values = {}
+    sgd = get_registry().create("optimizers", "sgd", momentum=0.0)
+    grad = np.linspace(-1.0, 1.0, 5)
+    for b in _backends(type(sched)):
+        what = f"{name} on {b.name}"
+        s = sched.bind(b)
+        eager = []
+        for c in counts:
+            v = s(b.asarray(np.asarray(c, np.int32)), total)
+            assert tuple(v.shape) == (), f"{what}: schedule({c}) has shape {tuple(v.shape)}, expected ()"
+            eager.append(float(v))
+        eager = np.asarray(eager)
+        assert np.all(np.isfinite(eager)) and np.all(eager >= 0), f"{what}: values {eager} not finite and >= 0"
+        if sched.constant:
+            assert np.all(eager == 1.0), f"{what} declares constant = True but gives {eager}"
+        if b.name == "jax":
+            jitted = b.jit(lambda c, _s=s: _s(c, total))
+            traced = np.asarray([float(jitted(b.asarray(np.asarray(c, np.int32)))) for c in counts])
+            np.testing.assert_allclose(traced, eager, rtol=1e-12, atol=0, err_msg=f"{what}: under jit")
+        values[b.name] = eager
+
+        def loss_fn(p, g, _xp=b.xp):
+            return _xp.sum(p["w"] * g)
+
+        train = b.make_step(loss_fn, sgd, s, lr, "float64", total)
+        batch = (b.asarray(grad, "float64"),)
+        state, _ = _run_steps(train, train.init({"w": np.zeros(5)}), batch, total // 2)
+        restored = train.from_arrays(train.to_arrays(state))
+        a, _ = _run_steps(train, state, batch, total - total // 2)
+        r, _ = _run_steps(train, restored, batch, total - total // 2)
+        _same_arrays(train.to_arrays(r), train.to_arrays(a), f"{what}: a restored state continues differently")
+        moved = train.params(a)["w"]
+        np.testing.assert_allclose(moved, -lr * eager[:total].sum() * grad, rtol=1e-12, atol=1e-14,
+                                   err_msg=f"{what}: the step does not use lr * schedule(count)")
+    _agree(values, f"{name} values", 1e-12)

@@ -38,7 +38,8 @@ from kdistill.errors import (  # noqa: E402
     ArtifactError, CheckpointError, ConfigError, DataError, DataFileError, IncompatibleComponentsError,
     UnknownComponentError,
 )
-from kdistill.core.krr import krr_predict, label_solve  # noqa: E402
+from kdistill.core.krr import krr_predict  # noqa: E402
+from kdistill.plugins.methods.label_solve import label_solve  # noqa: E402
 from kdistill.datasets.preprocess import Identity  # noqa: E402
 from kdistill.core.registry import get_registry  # noqa: E402
 from kdistill.datasets import Dataset  # noqa: E402

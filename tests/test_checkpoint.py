@@ -1,4 +1,4 @@
-"""Checkpoints and resume: the Trainer state contract, the checkpoint file, bit-for-bit
+"""Checkpoints and resume: the step state contract (to_arrays/from_arrays), the checkpoint file, bit-for-bit
 resume after a crash, SIGINT/SIGTERM/SIGKILL (real subprocesses), and refusals."""
 
 from __future__ import annotations
@@ -50,49 +50,57 @@ def assert_same_result(got, want):
     assert got.metrics["distilled_acc"] == want.metrics["distilled_acc"]
 
 
-# ------------------------------------------------------------------ trainer contract
+# ------------------------------------------------------------------ step state contract
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_trainer_state_round_trip_continues_identically(backend, optimizer, rng):
-    """state() is numpy-only; a fresh trainer loaded with it takes the same next steps."""
+def test_step_state_round_trip_continues_identically(backend, optimizer, rng):
+    """to_arrays() is numpy-only; the state restored from it takes the same next steps."""
     def loss_fn(params, x):
         xp = backend.xp
         return xp.sum((params["w"] * x - 1.0) ** 2) + xp.sum(params["loss/t"] ** 2)
 
     init = {"w": rng.standard_normal((3, 2)).astype(np.float32), "loss/t": np.asarray(0.5)}
     x = backend.asarray(rng.standard_normal((3, 2)).astype(np.float32))
-    a = backend.make_trainer(loss_fn, init, optimizer, 0.05)
+    train = backend.make_step(loss_fn, optimizer, lr=0.05)
+    a = train.init(init)
     for _ in range(3):
-        a.step(x)
-    state = a.state()
+        a, _ = train(a, x)
+    state = train.to_arrays(a)
     assert all(type(v) is np.ndarray and v.dtype != object for v in state.values())
     assert {k for k in state if k.startswith("params/")} == {"params/w", "params/loss/t"}
     assert any(k.startswith("opt/") for k in state)  # the optimizer state is included
-    b = backend.make_trainer(loss_fn, init, optimizer, 0.05)
-    assert not np.array_equal(b.state()["params/w"], state["params/w"])
-    b.load_state(state)
-    for k in state:
-        np.testing.assert_array_equal(b.state()[k], state[k])
-    assert [a.step(x) for _ in range(4)] == [b.step(x) for _ in range(4)]
-    for k, v in a.state().items():
-        np.testing.assert_array_equal(b.state()[k], v)
+    assert not np.array_equal(train.to_arrays(train.init(init))["params/w"], state["params/w"])
+    b = backend.make_step(loss_fn, optimizer, lr=0.05).from_arrays(state)
+    for k, v in train.to_arrays(b).items():
+        np.testing.assert_array_equal(v, state[k])
+    losses = {}
+    for name, s in (("a", a), ("b", b)):
+        losses[name] = []
+        for _ in range(4):
+            s, m = train(s, x)
+            losses[name].append(float(m["loss"]))
+        losses[name + "_state"] = train.to_arrays(s)
+    assert losses["a"] == losses["b"]
+    for k, v in losses["a_state"].items():
+        np.testing.assert_array_equal(losses["b_state"][k], v)
 
 
-def test_trainer_load_state_rejects_foreign_state(backend):
+def test_step_from_arrays_rejects_foreign_state(backend):
     def loss_fn(params):
         return backend.xp.sum(params["w"] ** 2)
 
-    t = backend.make_trainer(loss_fn, {"w": np.ones((2, 2), np.float32)})
-    t.step()
-    good = t.state()
+    train = backend.make_step(loss_fn)
+    like = train.init({"w": np.ones((2, 2), np.float32)})
+    good = train.to_arrays(train(like)[0])
     with pytest.raises(CheckpointError, match="missing params/w"):
-        t.load_state({k: v for k, v in good.items() if k != "params/w"})
+        train.from_arrays({k: v for k, v in good.items() if k != "params/w"}, like=like)
     with pytest.raises(CheckpointError, match=r"params/w is float32\[3\], expected float32\[2, 2\]"):
-        t.load_state({**good, "params/w": np.ones(3, np.float32)})
+        train.from_arrays({**good, "params/w": np.ones(3, np.float32)}, like=like)
+    with pytest.raises(CheckpointError, match="params/w is float64"):
+        train.from_arrays({**good, "params/w": np.ones((2, 2))})
     with pytest.raises(CheckpointError, match="unexpected"):
-        t.load_state({**good, "opt/bogus/field": np.ones(1, np.float32)})
-    np.testing.assert_array_equal(t.state()["params/w"], good["params/w"])  # nothing changed
+        train.from_arrays({**good, "opt/bogus/field": np.ones(1, np.float32)})
 
 
 # ------------------------------------------------------------------ the file

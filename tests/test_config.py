@@ -292,7 +292,7 @@ def test_unknown_keys_list_the_valid_ones():
         ({"callbacks": 3}, "callbacks must be a list of names or tables with 'name', got 3"),
         ({"init": "zeros"}, "init must be one of real, noise; got 'zeros'"),
         ({"preprocess": "pca"}, "preprocess must be one of standardize, none, zca; got 'pca'"),
-        ({"optimizer": "lbfgs"}, "optimizer must be one of adam, sgd"),
+        ({"optimizer": ["adam"]}, "a component is a name or a table with 'name', got ['adam']"),
         ({"dtype": "float16"}, "dtype must be one of float32, float64"),
         ({"kernel": 3}, "a component is a name or a table with 'name', got 3"),
         ({"kernel": {"depth": 2}}, "needs a 'name' key"),

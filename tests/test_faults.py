@@ -50,34 +50,33 @@ def reference():
 
 
 @pytest.mark.parametrize("backend_name", ["jax", "torch"])
-def test_trainer_refuses_inf_gradient_with_finite_loss(backend_name):
-    """d/dw sqrt(w) is infinite at w = 0 while the loss is finite: the update is refused
-    and the state (parameters and optimizer) is exactly what it was."""
+def test_step_refuses_inf_gradient_with_finite_loss(backend_name):
+    """d/dw sqrt(w) is infinite at w = 0 while the loss is finite: the step reports it and
+    returns the input state (parameters and optimizer) unchanged, which it never mutates."""
     b = get_registry().backend(backend_name)
-    t = b.make_trainer(lambda p: b.xp.sum(b.xp.sqrt(p["w"])), {"w": np.array([1.0, 4.0], np.float32)})
-    t.step()
-    before = t.state()
-    t_bad = b.make_trainer(lambda p: b.xp.sum(b.xp.sqrt(p["w"])), {"w": np.array([0.0, 4.0], np.float32)})
-    t_bad.load_state({**before, "params/w": np.array([0.0, 4.0], np.float32)})
-    snapshot = t_bad.state()
-    with pytest.raises(NonFiniteLossError, match=r"loss=2\.0\); parameters were not updated"):
-        t_bad.step()
+    train = b.make_step(lambda p: b.xp.sum(b.xp.sqrt(p["w"])))
+    good, _ = train(train.init({"w": np.array([1.0, 4.0], np.float32)}))
+    bad = train.from_arrays({**train.to_arrays(good), "params/w": np.array([0.0, 4.0], np.float32)})
+    snapshot = train.to_arrays(bad)
+    after, metrics = train(bad)
+    assert not bool(metrics["finite"]) and float(metrics["loss"]) == 2.0
     for k, v in snapshot.items():
-        np.testing.assert_array_equal(t_bad.state()[k], v)
+        np.testing.assert_array_equal(train.to_arrays(after)[k], v)
+        np.testing.assert_array_equal(train.to_arrays(bad)[k], v)
 
 
-class PoisonedTrainer:
-    """Wraps a real trainer; the step calls listed in ``plan["poison"]`` get a NaN target
-    batch, so the real loss and gradients are NaN and the real guard must catch them."""
+class PoisonedStep:
+    """Wraps a real step function; the step calls listed in ``plan["poison"]`` get a NaN
+    target batch, so the real loss and gradients are NaN and the real guard must catch them."""
 
     def __init__(self, inner, plan):
         self._inner, self._plan = inner, plan
 
-    def step(self, x_t, y_t):
+    def __call__(self, state, x_t, y_t):
         self._plan["calls"] += 1
         if self._plan["calls"] in self._plan["poison"]:
             y_t = y_t * float("nan")
-        return self._inner.step(x_t, y_t)
+        return self._inner(state, x_t, y_t)
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -88,8 +87,8 @@ def poison(monkeypatch):
     def install(backend_name, calls):
         b = get_registry().backend(backend_name)
         plan = {"calls": 0, "poison": set(calls)}
-        real = b.make_trainer
-        monkeypatch.setattr(b, "make_trainer", lambda *a, **k: PoisonedTrainer(real(*a, **k), plan))
+        real = b.make_step
+        monkeypatch.setattr(b, "make_step", lambda *a, **k: PoisonedStep(real(*a, **k), plan))
         return plan
 
     return install

@@ -18,7 +18,8 @@ from kdistill.io.artifact import DistilledSet
 from kdistill.io.checkpoint import Checkpoint, load_checkpoint
 from kdistill.core.config import DistillConfig
 from kdistill.errors import KdistillError
-from kdistill.core.krr import krr_predict, label_solve
+from kdistill.core.krr import krr_predict
+from kdistill.plugins.methods.label_solve import label_solve
 from kdistill.datasets.preprocess import ChannelStandardizer
 from kdistill.core.registry import get_registry
 from kdistill.datasets import Dataset

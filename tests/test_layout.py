@@ -11,7 +11,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
 
 _SPEC = importlib.util.spec_from_file_location(
     "code_metrics", Path(__file__).resolve().parents[1] / "benchmarks" / "code_metrics.py")
@@ -19,23 +18,6 @@ metrics = sys.modules.setdefault("code_metrics", importlib.util.module_from_spec
 _SPEC.loader.exec_module(metrics)  # registered first: its dataclass looks its module up
 
 EDGES = metrics.imports()
-
-#: Known breaches of the plugin rules, (importing module, imported module), each an
-#: expected failure until it is fixed (strict: a fixed one must be removed from here).
-KNOWN_CROSS_PLUGIN = {
-    ("kdistill.plugins.optimizers.adam", "kdistill.plugins.optimizers._checks"):
-        "optimizer validators: a sixth validator set; use kdistill.core.validators",
-    ("kdistill.plugins.optimizers.adamw", "kdistill.plugins.optimizers._checks"):
-        "optimizer validators: a sixth validator set; use kdistill.core.validators",
-    ("kdistill.plugins.optimizers.cosine", "kdistill.plugins.optimizers._checks"):
-        "optimizer validators: a sixth validator set; use kdistill.core.validators",
-    ("kdistill.plugins.optimizers.sgd", "kdistill.plugins.optimizers._checks"):
-        "optimizer validators: a sixth validator set; use kdistill.core.validators",
-    ("kdistill.plugins.optimizers.warmup_cosine", "kdistill.plugins.optimizers._checks"):
-        "optimizer validators: a sixth validator set; use kdistill.core.validators",
-    ("kdistill.plugins.optimizers.warmup_cosine", "kdistill.plugins.optimizers.cosine"):
-        "cosine_decay is shared by two schedules: move it to kdistill.ops (or list cosine as a shared base)",
-}
 
 
 def _cross_plugin_pairs() -> set[tuple[str, str]]:
@@ -102,20 +84,12 @@ def test_plugins_import_no_private_names():
     assert not found, "plugins use other modules' private names:\n" + "\n".join(found)
 
 
-def test_plugins_import_no_other_plugin_modules_beyond_the_known_ones():
-    unexpected = sorted(_cross_plugin_pairs() - set(KNOWN_CROSS_PLUGIN))
+def test_plugins_import_no_other_plugin_modules():
+    unexpected = sorted(_cross_plugin_pairs())
     assert not unexpected, (
         "plugin modules import other plugins' modules (share code through kdistill.ops, or list a shared "
         "base in benchmarks/code_metrics.py SHARED_PLUGIN_BASES):\n"
         + "\n".join(f"{a} -> {b}" for a, b in unexpected))
-
-
-@pytest.mark.parametrize("pair", [
-    pytest.param(pair, marks=pytest.mark.xfail(strict=True, reason=reason), id=f"{pair[0]}->{pair[1]}")
-    for pair, reason in KNOWN_CROSS_PLUGIN.items()
-])
-def test_known_cross_plugin_import_is_gone(pair):
-    assert pair not in _cross_plugin_pairs()
 
 
 def test_shared_plugin_bases_exist():

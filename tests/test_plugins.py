@@ -43,9 +43,12 @@ BUILTINS = {
     "architectures": ["convnet", "fc"],
     "methods": ["kip", "label-solve"],
     "callbacks": ["jsonl"],
+    "optimizers": ["adam", "adamw", "sgd"],
+    "schedules": ["constant", "cosine", "warmup-cosine"],
 }
 SINGULAR = {"backends": "backend", "kernels": "kernel", "solvers": "solver", "losses": "loss",
-            "datasets": "dataset", "architectures": "architecture", "methods": "method", "callbacks": "callback"}
+            "datasets": "dataset", "architectures": "architecture", "methods": "method", "callbacks": "callback",
+            "optimizers": "optimizer", "schedules": "schedule"}
 FAST_ARGS = ["--steps", "3", "--ipc", "1", "--target-batch", "200", "--eval-every", "0", "--no-progress"]
 
 

@@ -3,8 +3,9 @@
 Kernels, solvers and losses are written once against :class:`Backend`, using
 ``backend.xp`` (an Array-API namespace: ``jax.numpy`` or ``array_api_compat.torch``)
 plus the few primitives the namespace lacks (guarded ``arccos``, jittered Cholesky,
-triangular solves). Training goes through :meth:`Backend.make_trainer`, which wraps
-optax (JAX) or ``torch.optim`` (PyTorch) behind one small interface.
+triangular solves). Training goes through :meth:`Backend.make_step`, a pure optimizer
+step (:class:`TrainStep`) that builds the optax (JAX) or ``torch.optim`` (PyTorch)
+optimizer a registered :class:`~kdistill.core.contracts.Optimizer` declares.
 """
 
 from __future__ import annotations
@@ -17,58 +18,96 @@ import numpy as np
 #: Jitter schedule of :meth:`Backend.psd_cholesky`, relative to mean(diag(A)).
 CHOLESKY_JITTERS = (0.0, 1e-10, 1e-8, 1e-6)
 
-#: Optimizers every backend provides (optax / torch.optim under the hood).
-OPTIMIZERS = ("adam", "sgd")
+class TrainStep(ABC):
+    """A pure optimizer step on ``loss_fn(params: dict, *batch) -> scalar``, made by
+    :meth:`Backend.make_step`.
 
+    The step holds no training state: :meth:`init` makes a state (parameters and
+    optimizer state, backend-specific, opaque), :meth:`step` maps a state and a batch to
+    a new state and never changes its input, so a caller can keep the last good state,
+    retry a step, or rebuild the step (another learning rate or ridge,
+    :mod:`kdistill.core.guard`) around the same state. :meth:`to_arrays` and
+    :meth:`from_arrays` convert a state to and from the numpy arrays of a checkpoint.
 
-class Trainer(ABC):
-    """Holds trainable parameters and optimizer state; runs one step at a time.
+    The step is two separable pieces, :meth:`gradients` then :meth:`apply`, so that the
+    gradients of a target batch split over devices can be all-reduced between them.
 
-    Created by :meth:`Backend.make_trainer`. ``step`` computes the loss and its
-    gradient with respect to every parameter, checks both are finite, and only then
-    applies the optimizer update.
+    Attributes:
+        optimizer: the :class:`~kdistill.core.contracts.Optimizer`; schedule: the bound
+            :class:`~kdistill.core.contracts.Schedule`; lr: the base learning rate;
+            dtype: the parameters' dtype name; total_steps: the run's steps (for the
+            schedule).
     """
 
-    @abstractmethod
-    def step(self, *batch: np.ndarray) -> float:
-        """One optimizer step on ``loss_fn(params, *batch)``; returns the loss.
+    def __init__(self, backend: "Backend", loss_fn: Callable[..., Any], optimizer: Any, schedule: Any,
+                 lr: float, dtype: str, total_steps: int) -> None:
+        self.backend, self.loss_fn = backend, loss_fn
+        self.optimizer, self.schedule = optimizer, schedule
+        self.lr, self.dtype, self.total_steps = float(lr), dtype, int(total_steps)
 
-        Raises:
-            kdistill.errors.NonFiniteLossError: loss or a gradient is NaN/Inf;
-                parameters and optimizer state are left unchanged.
+    @abstractmethod
+    def init(self, params: Mapping[str, np.ndarray]) -> Any:
+        """The state before the first step: ``params`` (numpy arrays, cast to
+        :attr:`dtype`) and a fresh optimizer state."""
+
+    @abstractmethod
+    def gradients(self, state: Any, *batch: Any) -> tuple[Any, dict[str, Any]]:
+        """``(loss, grads)``: the scalar loss at the state's parameters and its gradient
+        with respect to each parameter (a dict of backend arrays; torch gives None for a
+        parameter the loss does not use). Changes nothing."""
+
+    @abstractmethod
+    def apply(self, state: Any, grads: Mapping[str, Any]) -> Any:
+        """The state after one optimizer update with ``grads`` (as from
+        :meth:`gradients`), at learning rate ``lr * schedule(count, total_steps)``.
+        ``state`` is not changed."""
+
+    @abstractmethod
+    def step(self, state: Any, *batch: Any) -> tuple[Any, dict[str, Any]]:
+        """One step: :meth:`gradients`, then :meth:`apply` when the loss and every
+        gradient are finite.
+
+        Returns:
+            ``(new_state, metrics)``; ``metrics["loss"]`` is the scalar loss before the
+            update and ``metrics["finite"]`` a boolean scalar: loss and every gradient
+            are finite (both backend arrays). When ``finite`` is false, ``new_state``
+            is ``state`` (no update) and the caller decides what to do
+            (:class:`~kdistill.core.loop.KIPRun` raises NonFiniteLossError).
+            ``state`` itself is never changed.
         """
 
-    @abstractmethod
-    def params_numpy(self) -> dict[str, np.ndarray]:
-        """Current parameters as numpy arrays (copies)."""
+    def __call__(self, state: Any, *batch: Any) -> tuple[Any, dict[str, Any]]:
+        return self.step(state, *batch)
 
     @abstractmethod
-    def state(self) -> dict[str, np.ndarray]:
+    def params(self, state: Any) -> dict[str, np.ndarray]:
+        """The state's parameters as numpy arrays (copies)."""
+
+    @abstractmethod
+    def to_arrays(self, state: Any) -> dict[str, np.ndarray]:
         """Everything needed to continue training bit-for-bit, as numpy arrays (copies).
 
         Keys: ``params/<name>`` for every parameter (its dtype and shape) and
         ``opt/...`` for the optimizer state (backend-specific names: JAX numbers the
-        optax state leaves ``opt/0000``...; torch uses ``opt/<param>/<field>``). The
-        dict holds only numeric arrays, so it can be stored without pickle.
-        After a step that raised NonFiniteLossError, ``state()`` equals its value
-        before the step.
+        optax state leaves ``opt/0000``...; torch uses ``opt/<param>/<field>`` for the
+        tensors of ``torch.optim``'s per-parameter state, and ``opt/count`` for the
+        number of updates when the schedule is not constant). The dict holds only
+        numeric arrays, so it can be stored without pickle (``trainer/<key>`` entries
+        of a checkpoint, :mod:`kdistill.io.checkpoint`).
         """
 
     @abstractmethod
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Replace parameters and optimizer state with ``state`` (from :meth:`state`
-        of a trainer built with the same backend, parameters, optimizer and dtype;
-        the learning rate may differ).
+    def from_arrays(self, arrays: Mapping[str, np.ndarray], like: Any = None) -> Any:
+        """The state stored by :meth:`to_arrays` of a step of the same backend,
+        optimizer, schedule kind and dtype (the learning rate may differ).
 
+        Args:
+            like: a state whose parameters (names, shapes, dtypes) ``arrays`` must have;
+                None: the parameters stored in ``arrays``.
         Raises:
-            kdistill.errors.CheckpointError: keys, shapes or dtypes do not fit
-                this trainer (the message lists them); nothing is changed.
+            kdistill.errors.CheckpointError: keys, shapes or dtypes do not fit (the
+                message lists them).
         """
-
-    @property
-    @abstractmethod
-    def params(self) -> dict[str, Any]:
-        """Current parameters as backend arrays."""
 
 
 class Backend(ABC):
@@ -214,21 +253,31 @@ class Backend(ABC):
 
     # -- training -----------------------------------------------------------------
     @abstractmethod
-    def make_trainer(
+    def make_step(
         self,
         loss_fn: Callable[..., Any],
-        params: Mapping[str, np.ndarray],
-        optimizer: str = "adam",
+        optimizer: Any = "adam",
+        schedule: Any = None,
         lr: float = 1e-2,
         dtype: str = "float32",
-    ) -> Trainer:
-        """A :class:`Trainer` minimizing ``loss_fn(params: dict, *batch) -> scalar``.
+        total_steps: int = 0,
+    ) -> TrainStep:
+        """A pure :class:`TrainStep` minimizing ``loss_fn(params: dict, *batch) -> scalar``
+        (a mean over the batch's examples for KIP).
 
         Args:
-            params: initial values, numpy arrays, cast to ``dtype``.
-            optimizer: one of :data:`OPTIMIZERS` (optax / torch.optim, default
-                hyperparameters except the learning rate; ``sgd`` uses momentum 0.9).
-            lr: learning rate, > 0.
+            optimizer: an :class:`~kdistill.core.contracts.Optimizer`, or a registered
+                name (with its default hyperparameters); built with optax (JAX) or
+                ``torch.optim`` (PyTorch) from its declaration.
+            schedule: a :class:`~kdistill.core.contracts.Schedule`, a registered name, or
+                None (``constant``).
+            lr: base learning rate, finite and > 0.
+            dtype: the parameters' dtype, ``"float32"`` or ``"float64"``.
+            total_steps: the run's number of steps (what the schedule decays over).
+        Raises:
+            ConfigError: unknown optimizer or schedule name, a learning rate that is not
+                a finite positive number, or an optimizer whose declaration names no
+                function of the backend's optimizer library.
         """
 
     @abstractmethod
@@ -269,6 +318,29 @@ class Backend(ABC):
         outs = [fn(tuple(x[i] for x in xs)) for i in range(xs[0].shape[0])]
         return tuple(xp.stack([o[j] for o in outs]) for j in range(len(outs[0])))
 
+    # -- compiled-function cache (used by kernels) ----------------------------------
+    def compiled(self, key: Any, fn: Callable[..., Any], compiler: Callable[..., Any] | None = None) -> Callable[..., Any]:
+        """``compiler(fn)`` (default :meth:`jit`), compiled once per ``key`` on this backend
+        instance and then reused: a kernel rebuilt with equal hyperparameters does not
+        compile again. ``key`` must be hashable and name everything the computation
+        depends on (the caller's class, the method, the compiler, hyperparameters)."""
+        cache = self.__dict__.setdefault("_compiled_cache", {})
+        if key not in cache:
+            cache[key] = (compiler or self.jit)(fn)
+        return cache[key]
+
+    @property
+    def eager(self) -> bool:
+        """True when :meth:`jit` compiles nothing (operations run one by one, as on torch):
+        callers may then choose to :meth:`compile` heavy pieces themselves."""
+        return type(self).jit is Backend.jit
+
+    def version(self, x: Any) -> Any:
+        """A token that changes when ``x`` is modified in place (None where arrays are
+        immutable, as under JAX): with the identity of ``x`` it keys caches of values
+        computed from ``x``."""
+        return None
+
 
 def check_state(state: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], owner: str) -> None:
     """Check that ``state`` has exactly the keys of ``expected``, each with its shape and dtype.
@@ -289,11 +361,22 @@ def check_state(state: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarr
         raise CheckpointError(f"the saved state does not fit this {owner}: {'; '.join(problems)}")
 
 
-def check_optimizer(name: str, lr: float) -> None:
-    """Raise ConfigError for an unknown optimizer or a non-positive learning rate."""
+def step_parts(backend: Backend, optimizer: Any, schedule: Any, lr: float) -> tuple[Any, Any]:
+    """``(optimizer, schedule)`` for :meth:`Backend.make_step`: names resolved through the
+    registry, the schedule bound to ``backend``.
+
+    Raises:
+        ConfigError: unknown names, or ``lr`` not a finite number > 0.
+    """
     from kdistill.errors import ConfigError
 
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
-    if not (lr > 0 and np.isfinite(lr)):
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and np.isfinite(lr) and lr > 0):
         raise ConfigError(f"learning rate must be a positive finite number, got {lr!r}")
+    if isinstance(optimizer, str) or isinstance(schedule, str) or schedule is None:
+        from kdistill.core.registry import get_registry
+
+        if isinstance(optimizer, str):
+            optimizer = get_registry().create("optimizers", optimizer)
+        if schedule is None or isinstance(schedule, str):
+            schedule = get_registry().create("schedules", schedule or "constant")
+    return optimizer, schedule.bind(backend)

@@ -23,17 +23,25 @@ Overrides use dotted keys with TOML values: ``ipc=1``, ``kernel.depth=2``,
 
 from __future__ import annotations
 
-import errno
-import math
-import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
-import numpy as np
 
+from kdistill.core.validators import (
+    boolean,
+    int_at_least,
+    int_to_float,
+    name as nonempty_name,
+    nonneg,
+    one_of,
+    optional_dir_path,
+    plain,
+    positive,
+)
 from kdistill.errors import ConfigError
+from kdistill.io.paths import check_path_length, path_error_message, short_path
 
 PREPROCESS = ("standardize", "none", "zca")
 INITS = ("real", "noise")
@@ -43,7 +51,7 @@ RUN_ONLY = ("callbacks", "threads")
 METHODS = ("kip", "label-solve")  # the built-in methods; plugins add more (registry kind "methods")
 DTYPES = ("float32", "float64")
 #: DistillConfig fields that hold a component (a name plus its parameters)
-_COMPONENT_FIELDS = ("kernel", "solver", "loss", "eval_kernel", "valid_kernel")
+_COMPONENT_FIELDS = ("kernel", "solver", "loss", "eval_kernel", "valid_kernel", "optimizer", "schedule")
 
 
 @attrs.define(kw_only=True)
@@ -93,17 +101,6 @@ def _optional_spec():
     )
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-def plain(value: Any) -> Any:
-    """``value`` with numpy scalars turned into Python ones (``np.int64(2)`` -> ``2``), so
-    that messages show numbers as users wrote them."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _plain_fields(cls, fields):
     """attrs field transformer: every field first turns numpy scalars into Python ones
     (an ``ipc`` of ``np.int64(2)`` is 2, and an error says "got 2")."""
@@ -112,138 +109,6 @@ def _plain_fields(cls, fields):
         conv = plain if f.converter is None else attrs.converters.pipe(plain, f.converter)
         out.append(f.evolve(converter=conv))
     return out
-
-
-# Linux limits (limits.h); os.pathconf gives the ones of the filesystem when it can
-_NAME_MAX, _PATH_MAX = 255, 4096
-
-
-def _limits(path: str) -> tuple[int, int]:
-    probe = Path(path).absolute()
-    while True:  # the nearest existing ancestor decides the filesystem
-        try:
-            if probe.exists():
-                break
-        except OSError:
-            pass
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    try:
-        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
-    except (OSError, ValueError, AttributeError):
-        return _NAME_MAX, _PATH_MAX
-
-
-def short_path(path: str | os.PathLike, keep: int = 200) -> str:
-    """``path`` quoted, its middle elided when longer than ``keep`` characters."""
-    text = os.fspath(path)
-    if len(text) > keep:
-        return f"{text[: keep // 2] + '...' + text[-keep // 2:]!r} ({len(text)} characters)"
-    return repr(text)
-
-
-def check_path_length(path: str | os.PathLike, what: str, directory: bool = False) -> None:
-    """Refuse a path the operating system would reject as too long (``ENAMETOOLONG``).
-
-    Args:
-        what: how the message names it (``--out``, ``data_dir``, ``config file``).
-        directory: the path is a directory whose files are opened too, so it must leave
-            room for one more file name.
-    Raises:
-        ConfigError: a path component is longer than the filesystem's name limit
-            (usually 255 bytes), or the whole path longer than its path limit (4096).
-    """
-    text = os.fspath(path)
-    name_max, path_max = _limits(text)
-    for part in Path(text).parts:
-        n = len(os.fsencode(part))
-        if n > name_max:
-            raise ConfigError(
-                f"{what} {short_path(text)} has a name of {n} bytes ({short_path(part, 40)}); file and "
-                f"directory names may have at most {name_max} bytes here: use a shorter path"
-            )
-    limit = path_max - 1 - (name_max + 1 if directory else 0)
-    n = len(os.fsencode(os.path.abspath(text)))
-    if n > limit:
-        raise ConfigError(
-            f"{what} {short_path(text)} is {n} bytes long as an absolute path; at most {limit} bytes "
-            f"fit here{' (room is left for the file names inside it)' if directory else ''}: use a shorter path"
-        )
-
-
-def path_error_message(exc: OSError, path: str | os.PathLike, action: str) -> str:
-    """``"cannot <action> '<path>': <reason> (errno N)"`` for an OSError, with advice for
-    the usual causes (too long a name, read-only, not a directory, no space)."""
-    advice = {
-        errno.ENAMETOOLONG: "use a shorter path",
-        errno.EROFS: "the filesystem is read-only: choose a writable location",
-        errno.EACCES: "no permission: choose a location you may write to",
-        errno.EPERM: "no permission: choose a location you may write to",
-        errno.ENOTDIR: "a part of the path is a file, not a directory",
-        errno.ENOSPC: "the disk is full: free space or choose another location",
-        errno.EDQUOT: "the disk quota is exhausted: free space or choose another location",
-    }.get(exc.errno, "check the path")
-    reason = exc.strerror or str(exc)
-    return f"cannot {action} {short_path(path)}: {reason} (errno {exc.errno}); {advice}"
-
-
-def _int_at_least(lo: int):
-    def validate(inst, attr, value):
-        _check(
-            isinstance(value, int) and not isinstance(value, bool) and value >= lo,
-            f"{attr.name} must be an integer >= {lo}, got {plain(value)!r}",
-        )
-
-    return validate
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int_to_float(value):
-    """Integers (not bools) become floats; anything else is left for the validator."""
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def _positive_float(inst, attr, value):
-    _check(
-        _is_number(value) and value > 0,
-        f"{attr.name} must be a finite number > 0, got {plain(value)!r}",
-    )
-
-
-def _nonneg_float(inst, attr, value):
-    _check(
-        _is_number(value) and value >= 0,
-        f"{attr.name} must be a finite number >= 0, got {plain(value)!r}",
-    )
-
-
-def _bool(inst, attr, value):
-    _check(isinstance(value, bool), f"{attr.name} must be true or false, got {value!r}")
-
-
-def _name(inst, attr, value):
-    _check(isinstance(value, str) and value.strip() != "", f"{attr.name} must be a non-empty name, got {value!r}")
-
-
-def _optional_str(inst, attr, value):
-    _check(value is None or isinstance(value, str), f"{attr.name} must be a string (a path), got {value!r}")
-
-
-def _optional_dir_path(inst, attr, value):
-    _optional_str(inst, attr, value)
-    if value:
-        check_path_length(value, attr.name, directory=True)
-
-
-def _one_of(options):
-    def validate(inst, attr, value):
-        _check(value in options, f"{attr.name} must be one of {', '.join(options)}; got {value!r}")
-
-    return validate
 
 
 @attrs.define(kw_only=True, field_transformer=_plain_fields)
@@ -264,7 +129,15 @@ class DistillConfig:
         eval_kernel: kernel for KRR evaluation; None means the training kernel.
         ipc: support images per class (support size = ipc * num_classes).
         steps: outer-loop optimizer steps (0 = just evaluate the initialization).
-        lr, optimizer: learning rate and ``adam``/``sgd``.
+        lr: the base learning rate.
+        optimizer: a registered optimizer (``kdistill plugins``) with its
+            hyperparameters: built in ``adam`` (default), ``sgd`` (momentum 0.9 by
+            default), ``adamw``; e.g. ``[optimizer] name = "sgd"`` and
+            ``nesterov = true``. The plain string form ``optimizer = "adam"`` of older
+            configs, artifacts and checkpoints means the same as the table.
+        schedule: a registered learning-rate schedule (the step's learning rate is
+            ``lr * schedule(step)``): ``constant`` (default), ``cosine`` (to
+            ``alpha * lr`` over ``steps``), ``warmup-cosine``.
         target_batch: target examples per step, class-balanced, resampled each step
             (capped at the training set size).
         ridge: relative ridge ``lam`` (absolute ridge ``lam * tr(K_ss)/n_s``).
@@ -304,37 +177,41 @@ class DistillConfig:
             KIP driver calls after every step: tracking and logging. May change on resume.
     """
 
-    method: str = attrs.field(default="kip", validator=_name)
-    dataset: str = attrs.field(default="digits", validator=_name)
-    data_dir: str | None = attrs.field(default=None, validator=_optional_dir_path)
-    preprocess: str = attrs.field(default="standardize", validator=_one_of(PREPROCESS))
-    backend: str = attrs.field(default="jax", validator=_name)
+    #: validator messages name fields as users write them in a config (``ipc``)
+    bare_field_names: ClassVar[bool] = True
+
+    method: str = attrs.field(default="kip", validator=nonempty_name)
+    dataset: str = attrs.field(default="digits", validator=nonempty_name)
+    data_dir: str | None = attrs.field(default=None, validator=optional_dir_path)
+    preprocess: str = attrs.field(default="standardize", validator=one_of(PREPROCESS))
+    backend: str = attrs.field(default="jax", validator=nonempty_name)
     kernel: ComponentSpec = _spec("fc", kind="ntk", depth=1)
     solver: ComponentSpec = _spec("cholesky")
     loss: ComponentSpec = _spec("mse")
     eval_kernel: ComponentSpec | None = _optional_spec()
-    ipc: int = attrs.field(default=10, validator=_int_at_least(1))
-    steps: int = attrs.field(default=200, validator=_int_at_least(0))
-    lr: float = attrs.field(default=0.01, validator=_positive_float)
-    optimizer: str = attrs.field(default="adam", validator=_one_of(("adam", "sgd")))
-    target_batch: int = attrs.field(default=5000, validator=_int_at_least(1))
-    ridge: float = attrs.field(default=1e-6, validator=_nonneg_float)
-    learn_labels: bool = attrs.field(default=False, validator=_bool)
-    init: str = attrs.field(default="real", validator=_one_of(INITS))
-    dtype: str = attrs.field(default="float32", validator=_one_of(DTYPES))
-    seed: int = attrs.field(default=0, validator=_int_at_least(0))
-    eval_every: int = attrs.field(default=50, validator=_int_at_least(0))
+    ipc: int = attrs.field(default=10, validator=int_at_least(1))
+    steps: int = attrs.field(default=200, validator=int_at_least(0))
+    lr: float = attrs.field(default=0.01, validator=positive)
+    optimizer: ComponentSpec = _spec("adam")
+    schedule: ComponentSpec = _spec("constant")
+    target_batch: int = attrs.field(default=5000, validator=int_at_least(1))
+    ridge: float = attrs.field(default=1e-6, validator=nonneg)
+    learn_labels: bool = attrs.field(default=False, validator=boolean)
+    init: str = attrs.field(default="real", validator=one_of(INITS))
+    dtype: str = attrs.field(default="float32", validator=one_of(DTYPES))
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    eval_every: int = attrs.field(default=50, validator=int_at_least(0))
     eval_test_size: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_int_at_least(1))
+        default=None, validator=attrs.validators.optional(int_at_least(1))
     )
-    test_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(1)))
-    checkpoint_every: int = attrs.field(default=0, validator=_int_at_least(0))
-    nonfinite_retries: int = attrs.field(default=2, validator=_int_at_least(0))
-    valid_size: int = attrs.field(default=0, validator=_int_at_least(0))
+    test_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(1)))
+    checkpoint_every: int = attrs.field(default=0, validator=int_at_least(0))
+    nonfinite_retries: int = attrs.field(default=2, validator=int_at_least(0))
+    valid_size: int = attrs.field(default=0, validator=int_at_least(0))
     valid_kernel: ComponentSpec | None = _optional_spec()
-    patience: int = attrs.field(default=0, validator=_int_at_least(0))
-    time_limit: float = attrs.field(default=0.0, converter=_int_to_float, validator=_nonneg_float)
-    threads: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(1)))
+    patience: int = attrs.field(default=0, validator=int_at_least(0))
+    time_limit: float = attrs.field(default=0.0, converter=int_to_float, validator=nonneg)
+    threads: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(1)))
     callbacks: list[ComponentSpec] = attrs.field(factory=list, converter=_spec_list)
 
     # -- dict / TOML ------------------------------------------------------------------

@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from kdistill.core.backend import Backend
-from kdistill.errors import ConfigError, IncompatibleComponentsError, KdistillError
+from kdistill.errors import ConfigError, DataError, IncompatibleComponentsError, KdistillError
 
 
 @attrs.define(kw_only=True)
@@ -187,6 +187,58 @@ class RandomKernel(Kernel, ABC):
         """
 
 
+@attrs.define(kw_only=True)
+class Optimizer(Component, ABC):
+    """A first-order optimizer of the KIP step, declared once for every backend.
+
+    An optimizer names the same algorithm in each backend's optimizer library and gives
+    the keyword arguments, so a plugin imports neither optax nor torch; the backend
+    builds the real optimizer (:meth:`kdistill.core.backend.Backend.make_step`) and passes
+    the learning rate itself (a float, or a function of the step count for a
+    non-constant :class:`Schedule`). Fields are the hyperparameters (not the learning
+    rate, which is the run's ``lr``). Both declarations must describe the same update
+    rule: :func:`kdistill.testing.check_optimizer` checks that they agree.
+    """
+
+    @abstractmethod
+    def optax(self) -> tuple[str, dict[str, Any]]:
+        """``(name, kwargs)``: the optax function ``optax.<name>(learning_rate, **kwargs)``
+        (e.g. ``("adam", {"b1": 0.9, "b2": 0.999, "eps": 1e-8})``)."""
+
+    @abstractmethod
+    def torch(self) -> tuple[str, dict[str, Any]]:
+        """``(name, kwargs)``: the class ``torch.optim.<name>(params, lr=..., **kwargs)``
+        (e.g. ``("Adam", {"betas": (0.9, 0.999), "eps": 1e-8})``)."""
+
+
+@attrs.define(kw_only=True)
+class Schedule(Component, ABC):
+    """A learning-rate schedule: the step's learning rate is ``lr * schedule(count, total)``.
+
+    Written once against the bound backend's namespace ``self.b.xp``, so that it traces
+    under ``jit`` (no Python branches on ``count``, no ``float()``).
+
+    Class attributes:
+        constant: True when the multiplier is always 1. Backends then pass the plain
+            learning rate to the optimizer, so optimizer state (and the checkpoint
+            layout) stays that of a run without a schedule.
+    """
+
+    constant: ClassVar[bool] = False
+
+    @abstractmethod
+    def __call__(self, count: Any, total: int) -> Any:
+        """The learning-rate multiplier of an update.
+
+        Args:
+            count: updates applied before this one (0 for the first), an integer scalar
+                backend array (a traced value under ``jit``).
+            total: the run's number of steps (``config.steps``, a Python int >= 0).
+        Returns:
+            A scalar float64 backend array, finite and >= 0 for every ``count >= 0``.
+        """
+
+
 class Predictor(ABC):
     """A fitted KRR model: ``predictor(x_t) -> [n_t, C]`` float64 predictions."""
 
@@ -205,9 +257,19 @@ class KernelPredictor(Predictor):
         return b.cast(self.kernel(x_t, self.x_s), "float64") @ self.alpha
 
 
+def absolute_ridge(ridge: float, trace: Any, n: int) -> Any:
+    """The absolute ridge ``lam * tr(K_ss) / n_s`` (the KIP/RFAD convention) of the
+    relative ridge ``ridge`` (``lam`` >= 0), from ``trace = tr(K_ss)`` (a scalar array,
+    e.g. ``||Phi_s||_F^2`` for a feature map) and ``n = n_s``; a scalar array of
+    ``trace``'s dtype. The one place this convention is computed: every solver uses it,
+    directly or through :func:`relative_ridge`."""
+    return ridge * trace / n
+
+
 def relative_ridge(b: Backend, k_ss: Any, ridge: float) -> Any:
-    """Absolute ridge ``lam * tr(K_ss) / n_s`` (the KIP/RFAD convention), a scalar array."""
-    return ridge * b.xp.sum(b.xp.linalg.diagonal(k_ss)) / k_ss.shape[0]
+    """Absolute ridge ``lam * tr(K_ss) / n_s`` of the relative ridge ``ridge`` for
+    ``k_ss`` ``[n_s, n_s]`` (:func:`absolute_ridge`), a scalar array of ``k_ss``'s dtype."""
+    return absolute_ridge(ridge, b.xp.sum(b.xp.linalg.diagonal(k_ss)), k_ss.shape[0])
 
 
 @attrs.define(kw_only=True)
@@ -266,3 +328,132 @@ class Loss(Component, ABC):
             y: ``[n_t, C]`` targets, centered one-hot (one-hot minus 1/C) by default.
             params: the loss's trainable parameters (keys of :meth:`init_params`).
         """
+
+
+# -- datasets ---------------------------------------------------------------------------
+# The contract of dataset plugins: a loader ``loader(data_dir: str | None) -> Dataset``
+# registered with the ``kdistill_register_datasets`` hook (kdistill.testing.check_dataset
+# checks one).
+
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
+
+
+def check_images(x: np.ndarray, what: str, error: type[DataError] = DataError) -> None:
+    """Check that ``x`` is a 4-D NHWC image array of dtype uint8 or float32.
+
+    Float images must be finite. ``what`` names the array (or file) in the message.
+
+    Raises:
+        error (default :class:`DataError`): wrong type, rank, dtype or non-finite values.
+    """
+    if not isinstance(x, np.ndarray):
+        raise error(f"{what}: expected a numpy array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise error(f"{what}: expected 4-D images [N, H, W, C], got shape {x.shape}")
+    if min(x.shape[1:]) < 1:
+        raise error(f"{what}: images need H, W, C >= 1, got shape {x.shape}")
+    if x.dtype not in IMAGE_DTYPES:
+        raise error(f"{what}: expected images of dtype uint8 or float32, got {x.dtype}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise error(f"{what}: images contain NaN or infinite values")
+
+
+def check_labels(
+    y: np.ndarray,
+    num_classes: int,
+    what: str,
+    count: int | None = None,
+    error: type[DataError] = DataError,
+) -> None:
+    """Check that ``y`` is a 1-D integer label array with values in ``0..num_classes-1``.
+
+    If ``count`` is given, ``y`` must hold exactly that many labels.
+
+    Raises:
+        error (default :class:`DataError`): wrong type, rank, dtype, length or values.
+    """
+    if not isinstance(y, np.ndarray):
+        raise error(f"{what}: expected a numpy array of labels, got {type(y).__name__}")
+    if y.ndim != 1:
+        raise error(f"{what}: expected 1-D labels [N], got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise error(f"{what}: expected integer labels, got dtype {y.dtype}")
+    if count is not None and y.shape[0] != count:
+        raise error(f"{what}: {y.shape[0]} labels for {count} images")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise error(
+            f"{what}: labels must lie in 0..{num_classes - 1}, "
+            f"found values in {int(y.min())}..{int(y.max())}"
+        )
+
+
+def _as_int64_labels(y):
+    """attrs converter: integer label arrays become int64; anything else is left for
+    validation to reject."""
+    y = np.asarray(y)
+    return y.astype(np.int64, copy=False) if y.dtype.kind in "iu" else y
+
+
+@attrs.frozen(eq=False)
+class Dataset:
+    """A labelled image dataset split into train and test parts.
+
+    Attributes:
+        name: the registered dataset name, e.g. ``"mnist"``.
+        x_train: images ``[N_train, H, W, C]`` (NHWC), dtype uint8 (0..255) or float32
+            (finite, on the 0..255 scale).
+        y_train: labels ``[N_train]``, int64, values in ``0..num_classes-1``. Integer
+            arrays of any other integer dtype are converted to int64.
+        x_test: images ``[N_test, H, W, C]``, same H, W, C and dtype as ``x_train``.
+        y_test: labels ``[N_test]``, int64, values in ``0..num_classes-1``.
+        num_classes: number of classes (> 0).
+        class_names: ``num_classes`` human-readable class names, index = label.
+
+    Raises:
+        DataError: on construction, if any of the above does not hold.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray = attrs.field(converter=_as_int64_labels)
+    x_test: np.ndarray
+    y_test: np.ndarray = attrs.field(converter=_as_int64_labels)
+    num_classes: int
+    class_names: tuple[str, ...] = attrs.field(converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        where = f"dataset {self.name!r}"
+        if not isinstance(self.num_classes, (int, np.integer)) or self.num_classes < 1:
+            raise DataError(
+                f"{where}: num_classes must be a positive int, got {self.num_classes!r}"
+            )
+        if len(self.class_names) != self.num_classes:
+            raise DataError(
+                f"{where}: {len(self.class_names)} class names for {self.num_classes} classes"
+            )
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            check_images(x, f"{where}: x_{split}")
+            check_labels(y, self.num_classes, f"{where}: y_{split}", count=x.shape[0])
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(
+                f"{where}: train images {self.x_train.shape[1:]} and test images "
+                f"{self.x_test.shape[1:]} differ in [H, W, C]"
+            )
+        if self.x_train.dtype != self.x_test.dtype:
+            raise DataError(
+                f"{where}: train dtype {self.x_train.dtype} differs from test dtype "
+                f"{self.x_test.dtype}"
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of every image."""
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"image_shape={self.image_shape}, dtype={self.x_train.dtype}, "
+            f"num_classes={self.num_classes})"
+        )

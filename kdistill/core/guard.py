@@ -1,14 +1,16 @@
 """Numerical guard of the KIP loop: what happens when a step goes non-finite.
 
 A step fails numerically when the loss or a gradient is NaN/Inf
-(:class:`NonFiniteLossError`, raised by every :class:`~kdistill.core.backend.Trainer`,
-which then leaves parameters and optimizer state unchanged) or when the regularized
+(:class:`NonFiniteLossError`, raised by :meth:`kdistill.core.loop.KIPRun.advance` when the
+pure step (:class:`~kdistill.core.backend.TrainStep`) reports it; the run then keeps its
+state, parameters and optimizer state, as it was) or when the regularized
 kernel matrix cannot be factored even with the Cholesky solver's bounded jitter
 (:class:`NotPositiveDefiniteError`, eager backends). The loop then
 
-1. keeps the last good state (the trainer refused the update), and
+1. keeps the last good state (the step's input, which no step changes), and
 2. if recoveries are left (``config.nonfinite_retries`` per run, default 2),
-   retries the *same* step on the same target batch with the documented remedy:
+   rebuilds the step function around that state and retries the *same* step on the
+   same target batch with the documented remedy:
    relative ridge ``max(10 * ridge, 1e-6)`` and learning rate ``lr / 2``. Both stay
    in effect for the rest of the run, are recorded in ``metrics["recoveries"]`` and
    in checkpoints (so a resumed run makes the same choices), and are reported with a

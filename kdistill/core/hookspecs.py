@@ -32,6 +32,12 @@ Factories:
   takes its parameters (no work in ``__init__``); a run config lists them
   (``callbacks = [{name = "my-tracker", dir = "logs"}]``) and the KIP driver calls
   ``after_step(run, info)`` after every step.
+- optimizers: a :class:`kdistill.core.contracts.Optimizer` subclass whose keyword
+  constructor takes its hyperparameters; it declares the optax function and the
+  ``torch.optim`` class of its algorithm (no import of either), and the backend builds
+  the real optimizer (``optimizer = {name = "adam", b1 = 0.8}`` in a run config).
+- schedules: a :class:`kdistill.core.contracts.Schedule` subclass (learning-rate
+  multiplier as a function of the update count, written against ``self.b.xp``).
 - architectures: a function of keyword hyperparameters returning a neural-tangents
   ``stax`` triple ``(init_fn, apply_fn, kernel_fn)``, e.g. ``stax.serial(...)``; the
   ``nt`` kernel selects it by name (``kernel = {name = "nt", arch = "my-resnet"}``).
@@ -95,3 +101,13 @@ def kdistill_register_methods(register):
 @hookspec
 def kdistill_register_callbacks(register):
     """Register run callbacks (tracking, logging): ``register(name, hook_class, description)``."""
+
+
+@hookspec
+def kdistill_register_optimizers(register):
+    """Register optimizers of the KIP step: ``register(name, optimizer_class, description)``."""
+
+
+@hookspec
+def kdistill_register_schedules(register):
+    """Register learning-rate schedules: ``register(name, schedule_class, description)``."""

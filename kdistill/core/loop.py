@@ -1,11 +1,13 @@
 """The KIP/RFAD outer-loop driver: a run's state, one step, and hooks around it.
 
-A run is a :class:`KIPRun`: the support set, labels and loss parameters with their
-optimizer state (the backend's :class:`~kdistill.core.backend.Trainer`), the target
-sampler's generator, the numerical guard, the history and the best support set so far.
-:meth:`KIPRun.advance` takes one step: a class-balanced target batch, a fresh draw of
-a random kernel's weights (RFAD), one guarded optimizer step. The step's loss is a
-mean over target examples, which is what lets a target batch be split over devices.
+A run is a :class:`KIPRun`: the state (support set, labels and loss parameters with
+their optimizer state), the pure step that maps it to the next state (the backend's
+:class:`~kdistill.core.backend.TrainStep` for the run's registered optimizer and
+schedule), the target sampler's generator, the numerical guard, the history and the
+best support set so far. :meth:`KIPRun.advance` takes one step: a class-balanced
+target batch, a fresh draw of a random kernel's weights (RFAD), one guarded optimizer
+step. The step's loss is a mean over target examples, which is what lets a target
+batch be split over devices.
 
 Everything else happens in hooks called at defined points (:class:`RunHook`; the
 built-in ones, evaluation, checkpoints, stop conditions and callbacks, are in
@@ -33,7 +35,7 @@ from kdistill.core.sampling import TargetSampler
 
 
 def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -> Callable:
-    """``loss_fn(params, x_t, y_t, weights=None) -> scalar`` for the trainer.
+    """``loss_fn(params, x_t, y_t, weights=None) -> scalar`` for the step.
 
     ``params`` holds ``x_s`` and, when learned, ``y_s`` and ``loss/<name>`` entries.
     ``weights``: this step's weights of a random-feature kernel (backend arrays).
@@ -48,6 +50,20 @@ def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -
         return loss(predictor(x_t), y_t, loss_params)
 
     return loss_fn
+
+
+def make_optimizer(config: DistillConfig, registry=None) -> tuple[Any, Any]:
+    """``(optimizer, schedule)``: the config's registered components (unbound).
+
+    Raises:
+        UnknownComponentError: a name not registered (the message lists the available
+            ones); ConfigError: invalid hyperparameters.
+    """
+    from kdistill.core.registry import get_registry
+
+    registry = registry or get_registry()
+    return (registry.create("optimizers", config.optimizer.name, **config.optimizer.params),
+            registry.create("schedules", config.schedule.name, **config.schedule.params))
 
 
 @attrs.define
@@ -67,8 +83,10 @@ class KIPRun:
 
     Attributes:
         config, comps, data: the run's config, bound components and prepared data.
-        trainer: parameters (``x_s [n_s, H, W, C]``, optionally ``y_s [n_s, C]`` and
-            ``loss/<name>``) and optimizer state, on the backend.
+        state: the step's state (:meth:`~kdistill.core.backend.TrainStep.init`):
+            parameters (``x_s [n_s, H, W, C]`` in ``config.dtype``, optionally
+            ``y_s [n_s, C]`` and ``loss/<name>``) and optimizer state, on the backend.
+        step_fn: the pure step (:meth:`make_step`) at the guard's ridge and learning rate.
         labels: ``[n_s, C]`` float32 initial (fixed) labels; class_ids: ``[n_s]`` int64.
         rng: the generator of the target batches (its state is checkpointed).
         pool, valid: training indices for targets / the validation split (None: all / none).
@@ -85,7 +103,8 @@ class KIPRun:
     config: DistillConfig
     comps: Components
     data: PreparedData
-    trainer: Any
+    state: Any
+    step_fn: Any
     labels: np.ndarray
     class_ids: np.ndarray
     rng: np.random.Generator
@@ -111,11 +130,17 @@ class KIPRun:
         self.fixed_labels = self.comps.backend.asarray(self.labels, "float64")
 
     # -- the step -------------------------------------------------------------------
-    def make_trainer(self, init_params: dict[str, np.ndarray]):
-        """A trainer for the loss at the guard's current ridge and learning rate."""
+    def make_step(self):
+        """The pure step (:class:`~kdistill.core.backend.TrainStep`) of the loss at the
+        guard's current ridge and learning rate, with the config's optimizer and schedule.
+
+        Raises:
+            UnknownComponentError, ConfigError: the optimizer or schedule of the config.
+        """
         config, b = self.config, self.comps.backend
         loss_fn = make_kip_loss(self.comps, attrs.evolve(config, ridge=self.guard.ridge), self.fixed_labels)
-        return b.make_trainer(loss_fn, init_params, config.optimizer, self.guard.lr, config.dtype)
+        optimizer, schedule = make_optimizer(config)
+        return b.make_step(loss_fn, optimizer, schedule, self.guard.lr, config.dtype, config.steps)
 
     def advance(self) -> dict[str, Any]:
         """Take the next step; returns ``{"step", "loss"}``.
@@ -138,28 +163,36 @@ class KIPRun:
         return {"step": step, "loss": loss_value}
 
     def _guarded_step(self, batch, step: int) -> float:
-        """One trainer step under the numerical guard (:mod:`kdistill.core.guard`): on a
-        NaN/Inf loss or gradient, or a failed Cholesky, the last good state moves into a
-        trainer rebuilt with the guard's remedy and the same batch is retried."""
+        """One step under the numerical guard (:mod:`kdistill.core.guard`): on a NaN/Inf
+        loss or gradient, or a failed Cholesky, the state stays the last good one, the
+        step function is rebuilt with the guard's remedy and the same batch is retried."""
         while True:
             try:
-                return self.trainer.step(*batch)
+                state, metrics = self.step_fn(self.state, *batch)
+                loss = float(metrics["loss"])
+                if not bool(metrics["finite"]):
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient (loss={loss}); parameters were not updated")
+                self.state = state
+                return loss
             except (NonFiniteLossError, NotPositiveDefiniteError) as exc:
                 if not self.guard.escalate(step, exc):
                     raise type(exc)(self.guard.failure_message(step, exc) + self.where()) from exc
                 warnings.warn(self.guard.recovery_message(step, exc), RuntimeWarning, stacklevel=4)
-                good = self.trainer.state()
-                self.trainer = self.make_trainer({k[7:]: v for k, v in good.items() if k.startswith("params/")})
-                self.trainer.load_state(good)
+                self.step_fn = self.make_step()
 
     # -- views ----------------------------------------------------------------------
+    def params(self) -> dict[str, np.ndarray]:
+        """The current parameters (``x_s``, ``y_s``, ``loss/<name>``) as numpy copies."""
+        return self.step_fn.params(self.state)
+
     def seconds(self) -> float:
         """Training seconds so far, including earlier processes of a resumed run."""
         return self.elapsed + time.perf_counter() - self.started
 
     def current(self) -> tuple[np.ndarray, np.ndarray]:
         """``(images [n_s, ...], labels [n_s, C])`` of the current support set (numpy)."""
-        p = self.trainer.params_numpy()
+        p = self.params()
         return p["x_s"], p.get("y_s", self.labels)
 
     def where(self) -> str:
@@ -177,7 +210,7 @@ class KIPRun:
             CheckpointError: the write failed; the message says what is intact.
         """
         ckpt = Checkpoint(
-            step=self.step, config=self.config.to_dict(), trainer_state=self.trainer.state(), labels=self.labels,
+            step=self.step, config=self.config.to_dict(), trainer_state=self.step_fn.to_arrays(self.state), labels=self.labels,
             class_ids=self.class_ids, rng_state=self.rng.bit_generator.state, history=self.history,
             guard=self.guard.to_dict(), data_fingerprint=self.fingerprint, elapsed_seconds=self.seconds(),
             best=self.best.params, best_step=self.best.step, best_acc=self.best.acc,

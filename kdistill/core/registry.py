@@ -40,9 +40,11 @@ import pluggy
 from kdistill.core import hookspecs
 from kdistill.errors import ConfigError, UnknownComponentError
 
-KINDS = ("backends", "kernels", "solvers", "losses", "datasets", "architectures", "methods", "callbacks")
+KINDS = ("backends", "kernels", "solvers", "losses", "datasets", "architectures", "methods", "callbacks",
+         "optimizers", "schedules")
 SINGULAR = {"backends": "backend", "kernels": "kernel", "solvers": "solver", "losses": "loss",
-            "datasets": "dataset", "architectures": "architecture", "methods": "method", "callbacks": "callback"}
+            "datasets": "dataset", "architectures": "architecture", "methods": "method", "callbacks": "callback",
+            "optimizers": "optimizer", "schedules": "schedule"}
 DISABLE_ENV = "KDISTILL_DISABLE_PLUGINS"
 SELF_DIST = "kdistill"
 #: What a registered name must look like: a letter or digit, then letters, digits,
@@ -392,7 +394,7 @@ def component_provenance(config: Any, registry: Registry | None = None) -> dict[
     Returns:
         ``{role: {"kind", "name", "package", "version", "plugin"}}`` for the roles
         ``method``, ``backend``, ``dataset``, ``callbacks.<i>``, ``kernel``, ``eval_kernel``, ``valid_kernel`` (when
-        set), ``solver``, ``loss``, plus ``"<role>.<param>"`` for parameters that name
+        set), ``solver``, ``loss``, ``optimizer``, ``schedule``, plus ``"<role>.<param>"`` for parameters that name
         registered components themselves (e.g. ``kernel.arch`` of the ``nt`` kernel).
         A name that is not registered (any more) gets ``package``/``version``/``plugin``
         ``None``, so recording provenance never fails a finished run.
@@ -416,7 +418,8 @@ def component_provenance(config: Any, registry: Registry | None = None) -> dict[
     for i, spec in enumerate(getattr(config, "callbacks", ())):
         add(f"callbacks.{i}", "callbacks", spec.name)
     for role, kind in (("kernel", "kernels"), ("eval_kernel", "kernels"), ("valid_kernel", "kernels"),
-                       ("solver", "solvers"), ("loss", "losses")):
+                       ("solver", "solvers"), ("loss", "losses"), ("optimizer", "optimizers"),
+                       ("schedule", "schedules")):
         spec = getattr(config, role, None)
         if spec is None:
             continue

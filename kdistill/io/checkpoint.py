@@ -1,6 +1,6 @@
 """Checkpoints of a KIP run: one ``checkpoint.npz`` in the run directory.
 
-A checkpoint holds everything needed to continue a run bit-for-bit: the trainer
+A checkpoint holds everything needed to continue a run bit-for-bit: the step
 state (parameters: support images ``x_s``, learned labels ``y_s``, loss parameters;
 and the optimizer state), the fixed support labels and class ids, the numpy
 generator state that draws target batches, the step, the per-step history, the
@@ -9,7 +9,10 @@ numerical guard's state (effective ridge and learning rate) and the config.
 Layout (written by :func:`kdistill.io.safeio.write_npz`, read with
 ``allow_pickle=False``):
 
-- ``trainer/<key>`` — :meth:`kdistill.core.backend.Trainer.state` arrays;
+- ``trainer/<key>`` — the step state as arrays
+  (:meth:`kdistill.core.backend.TrainStep.to_arrays`: ``params/<name>`` and ``opt/...``;
+  the layout is unchanged since the stateful trainer it replaced, so older checkpoints
+  resume);
 - ``labels`` ``[n_s, C]`` float32, ``class_ids`` ``[n_s]`` int64;
 - ``best/<name>`` — the best support set so far under validation (``x_s``, ``y_s``,
   ``loss/<k>``; only for runs with a validation split), with ``best_step`` and
@@ -71,7 +74,8 @@ class Checkpoint:
     Attributes:
         step: completed steps (>= 0).
         config: the run config as a dict (``DistillConfig.to_dict``).
-        trainer_state: :meth:`Trainer.state` (``params/...``, ``opt/...`` arrays).
+        trainer_state: :meth:`TrainStep.to_arrays` of the run's state (``params/...``,
+            ``opt/...`` arrays).
         labels: ``[n_s, C]`` float32 fixed support labels; class_ids: ``[n_s]`` int64.
         rng_state: ``numpy.random.Generator.bit_generator.state`` (a dict).
         history: per-step records so far; guard: :class:`NumericalGuard` as a dict.

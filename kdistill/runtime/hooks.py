@@ -38,7 +38,7 @@ class Evaluation(RunHook):
             acc = score_support(comps.valid_kernel or comps.eval_kernel, comps, config, images, labels,
                                 data.x_train[run.valid], data.y_train[run.valid])
             if run.best.acc is None or acc > run.best.acc:
-                run.best = Best(params=run.trainer.params_numpy(), step=step, acc=acc, since=0)
+                run.best = Best(params=run.params(), step=step, acc=acc, since=0)
             else:
                 run.best.since += 1
         run.history["eval_step"].append(step)

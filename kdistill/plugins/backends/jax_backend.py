@@ -6,12 +6,12 @@ can run in float64; arrays are still created as float32 unless asked otherwise.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from kdistill.core.backend import CHOLESKY_JITTERS, Backend, Trainer, check_optimizer, check_state
-from kdistill.errors import NonFiniteLossError
+from kdistill.core.backend import CHOLESKY_JITTERS, Backend, TrainStep, check_state, step_parts
+from kdistill.errors import CheckpointError, ConfigError
 
 
 #: Abramowitz & Stegun 4.4.46: arccos(x) = sqrt(1 - x) * sum_i a_i x^i on [0, 1], |error| <= 2e-8.
@@ -57,61 +57,108 @@ def _build_safe_arccos():
     return safe_arccos
 
 
-class JaxTrainer(Trainer):
-    def __init__(self, backend: "JaxBackend", loss_fn, params, optimizer, lr, dtype):
+class JaxState(NamedTuple):
+    """State of a :class:`JaxStep`: ``params`` (name -> jax array) and ``opt``, the optax
+    state (a pytree)."""
+
+    params: dict
+    opt: Any
+
+
+def _optax_transform(optimizer, schedule, lr: float, total_steps: int):
+    """The optax GradientTransformation ``optimizer`` declares, at learning rate ``lr``
+    (a plain float for a constant schedule, so the optax state is that of a run without a
+    schedule) or ``count -> lr * schedule(count, total_steps)``."""
+    import optax
+
+    name, kwargs = optimizer.optax()
+    factory = getattr(optax, name, None)
+    if not callable(factory):
+        raise ConfigError(f"optimizer {type(optimizer).__name__} declares optax.{name}, which optax "
+                          f"{optax.__version__} does not have")
+    rate = lr if schedule.constant else (lambda count: lr * schedule(count, total_steps))
+    return factory(rate, **kwargs)
+
+
+class JaxStep(TrainStep):
+    """:class:`~kdistill.core.backend.TrainStep` on JAX: one jitted function of
+    ``(state, *batch)`` (``jax.value_and_grad``, the finite check, the optax update),
+    then a jitted select that keeps the input state when the check fails. Nothing waits
+    for the device: the metrics are device arrays."""
+
+    def __init__(self, backend: "JaxBackend", loss_fn, optimizer, schedule, lr, dtype, total_steps):
+        super().__init__(backend, loss_fn, optimizer, schedule, lr, dtype, total_steps)
         import jax
         import optax
 
         self._jax = jax
-        opt = {"adam": lambda: optax.adam(lr), "sgd": lambda: optax.sgd(lr, momentum=0.9)}[
-            optimizer
-        ]()
-        self._params = {k: backend.asarray(v, dtype) for k, v in params.items()}
-        self._state = opt.init(self._params)
-        self._treedef = jax.tree_util.tree_structure(self._state)  # of a fresh init
+        tx = self._tx = _optax_transform(optimizer, schedule, self.lr, self.total_steps)
+        jnp = jax.numpy
 
-        def step(params, state, *batch):
-            loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-            finite = jax.numpy.isfinite(loss) & jax.tree_util.tree_reduce(
-                lambda a, g: a & jax.numpy.all(jax.numpy.isfinite(g)), grads, True
+        def gradients(state, *batch):
+            return jax.value_and_grad(loss_fn)(state.params, *batch)
+
+        def apply(state, grads):
+            updates, opt = tx.update(grads, state.opt, state.params)
+            return JaxState(optax.apply_updates(state.params, updates), opt)
+
+        def step(state, *batch):
+            loss, grads = gradients(state, *batch)
+            finite = jnp.isfinite(loss) & jax.tree_util.tree_reduce(
+                lambda a, g: a & jnp.all(jnp.isfinite(g)), grads, True
             )
-            updates, new_state = opt.update(grads, state, params)
-            return loss, finite, optax.apply_updates(params, updates), new_state
+            return apply(state, grads), {"loss": loss, "finite": finite}
 
-        self._step = jax.jit(step)
+        def keep_if(finite, new, old):
+            return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
 
-    def step(self, *batch):
-        loss, finite, params, state = self._step(self._params, self._state, *batch)
-        if not bool(finite):
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient (loss={float(loss)}); parameters were not updated"
-            )
-        self._params, self._state = params, state
-        return float(loss)
+        self._gradients, self._apply, self._step = jax.jit(gradients), jax.jit(apply), jax.jit(step)
+        # compiled apart from the step: inside it the select changes XLA's fusion and so the
+        # rounding of the update (measured: an ulp after a few Adam steps)
+        self._keep_if = jax.jit(keep_if)
 
-    @property
-    def params(self):
-        return self._params
+    def init(self, params):
+        p = {k: self.backend.asarray(v, self.dtype) for k, v in params.items()}
+        return JaxState(p, self._tx.init(p))
 
-    def params_numpy(self):
-        return {k: np.array(v) for k, v in self._params.items()}
+    def gradients(self, state, *batch):
+        return self._gradients(state, *batch)
 
-    def state(self):
+    def apply(self, state, grads):
+        return self._apply(state, grads)
+
+    def step(self, state, *batch):
+        new, metrics = self._step(state, *batch)
+        return self._keep_if(metrics["finite"], new, state), metrics
+
+    def params(self, state):
+        return {k: np.array(v) for k, v in state.params.items()}
+
+    def to_arrays(self, state):
         """``params/<name>`` arrays and ``opt/<i:04d>``, the leaves of the optax state in
         ``jax.tree_util`` order."""
-        out = {f"params/{k}": np.array(v) for k, v in self._params.items()}
-        leaves = self._jax.tree_util.tree_leaves(self._state)
+        out = {f"params/{k}": np.array(v) for k, v in state.params.items()}
+        leaves = self._jax.tree_util.tree_leaves(state.opt)
         out.update({f"opt/{i:04d}": np.array(leaf) for i, leaf in enumerate(leaves)})
         return out
 
-    def load_state(self, state):
-        check_state(state, self.state(), "JAX trainer")
+    def from_arrays(self, arrays, like=None):
         jnp = self._jax.numpy
-        n = self._treedef.num_leaves
-        self._params = {k: jnp.asarray(state[f"params/{k}"]) for k in self._params}
-        self._state = self._jax.tree_util.tree_unflatten(
-            self._treedef, [jnp.asarray(state[f"opt/{i:04d}"]) for i in range(n)]
+        names = [k[7:] for k in arrays if k.startswith("params/")]
+        if like is not None:
+            expected = {f"params/{k}": np.asarray(v) for k, v in self.params(like).items()}
+            check_state({k: v for k, v in arrays.items() if k.startswith("params/")}, expected, "JAX step")
+        bad = [f"params/{k} is {np.asarray(arrays[f'params/{k}']).dtype}, expected {self.dtype}"
+               for k in names if np.asarray(arrays[f"params/{k}"]).dtype != np.dtype(self.dtype)]
+        if bad:
+            raise CheckpointError(f"the saved state does not fit this JAX step: {'; '.join(bad)}")
+        fresh = self.init({k: np.asarray(arrays[f"params/{k}"]) for k in names})
+        check_state(arrays, self.to_arrays(fresh), "JAX step")
+        treedef = self._jax.tree_util.tree_structure(fresh.opt)
+        opt = self._jax.tree_util.tree_unflatten(
+            treedef, [jnp.asarray(arrays[f"opt/{i:04d}"]) for i in range(treedef.num_leaves)]
         )
+        return JaxState({k: jnp.asarray(arrays[f"params/{k}"]) for k in names}, opt)
 
 
 class JaxBackend(Backend):
@@ -208,7 +255,13 @@ class JaxBackend(Backend):
     def checkpoint(self, fn):
         return self._jax.checkpoint(fn)
 
-    def make_trainer(self, loss_fn, params: Mapping[str, np.ndarray], optimizer="adam",
-                     lr=1e-2, dtype="float32") -> Trainer:
-        check_optimizer(optimizer, lr)
-        return JaxTrainer(self, loss_fn, params, optimizer, lr, dtype)
+    def make_step(self, loss_fn, optimizer="adam", schedule=None, lr=1e-2, dtype="float32",
+                  total_steps=0) -> JaxStep:
+        optimizer, schedule = step_parts(self, optimizer, schedule, lr)
+        return JaxStep(self, loss_fn, optimizer, schedule, lr, dtype, total_steps)
+
+    # -- compiled-function cache (used by kernels) ----------------------------------
+    @property
+    def eager(self) -> bool:
+        """False: :meth:`jit` compiles whole programs (XLA)."""
+        return False

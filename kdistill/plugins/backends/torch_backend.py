@@ -1,16 +1,17 @@
-"""PyTorch backend: ``array_api_compat.torch`` namespace, autograd, ``torch.optim``.
+"""PyTorch backend: ``array_api_compat.torch`` namespace, autograd, ``torch.optim`` (a pure step,
+:class:`TorchStep`).
 
 Runs eagerly (``jit`` is the identity) on CPU.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
-from kdistill.core.backend import CHOLESKY_JITTERS, Backend, Trainer, check_optimizer, check_state
-from kdistill.errors import CheckpointError, NonFiniteLossError
+from kdistill.core.backend import CHOLESKY_JITTERS, Backend, TrainStep, check_state, step_parts
+from kdistill.errors import CheckpointError, ConfigError
 
 
 def _build_safe_arccos():
@@ -32,80 +33,122 @@ def _build_safe_arccos():
     return SafeArccos.apply
 
 
-class TorchTrainer(Trainer):
-    def __init__(self, backend: "TorchBackend", loss_fn, params, optimizer, lr, dtype):
+class TorchState(NamedTuple):
+    """State of a :class:`TorchStep`: ``params`` (name -> tensor), ``opt`` (parameter
+    name -> field -> tensor: ``torch.optim``'s per-parameter state, e.g. Adam's ``step``,
+    ``exp_avg``, ``exp_avg_sq``; empty before the first update) and ``count``, the
+    updates applied so far (None with a constant schedule, which does not need it)."""
+
+    params: dict
+    opt: dict
+    count: int | None
+
+
+class TorchStep(TrainStep):
+    """:class:`~kdistill.core.backend.TrainStep` on PyTorch, eager.
+
+    :meth:`apply` clones the parameters and the optimizer state, loads them into a
+    ``torch.optim`` optimizer built for this update (the learning rate of the schedule
+    at ``count``) and takes its step, so the input state is never changed and the
+    arithmetic is exactly that of one persistent ``torch.optim`` optimizer.
+    """
+
+    def __init__(self, backend: "TorchBackend", loss_fn, optimizer, schedule, lr, dtype, total_steps):
+        super().__init__(backend, loss_fn, optimizer, schedule, lr, dtype, total_steps)
         import torch
 
         self._torch = torch
-        self._loss_fn = loss_fn
-        self._params = {
-            k: backend.asarray(v, dtype).clone().requires_grad_(True) for k, v in params.items()
+        name, self._kwargs = optimizer.torch()
+        self._cls = getattr(torch.optim, name, None)
+        if not (isinstance(self._cls, type) and issubclass(self._cls, torch.optim.Optimizer)):
+            raise ConfigError(f"optimizer {type(optimizer).__name__} declares torch.optim.{name}, which torch "
+                              f"{torch.__version__} does not have")
+
+    def init(self, params):
+        p = {k: self.backend.asarray(v, self.dtype).clone() for k, v in params.items()}
+        return TorchState(p, {}, None if self.schedule.constant else 0)
+
+    def gradients(self, state, *batch):
+        torch = self._torch
+        leaves = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
+        loss = self.loss_fn(leaves, *batch)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return loss.detach(), dict(zip(leaves, grads))
+
+    def learning_rate(self, count: int | None) -> float:
+        """The learning rate of the update after ``count`` updates."""
+        if self.schedule.constant:
+            return self.lr
+        return self.lr * float(self.schedule(self._torch.tensor(count), self.total_steps))
+
+    def apply(self, state, grads):
+        torch = self._torch
+        names = list(state.params)
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in state.params.items()}
+        for k, g in grads.items():
+            params[k].grad = None if g is None else g.detach()
+        opt = self._cls(list(params.values()), lr=self.learning_rate(state.count), **self._kwargs)
+        saved = {names.index(k): {f: v.clone() for f, v in fields.items()} for k, fields in state.opt.items()}
+        opt.load_state_dict({"state": saved, "param_groups": opt.state_dict()["param_groups"]})
+        opt.step()
+        new_opt = {
+            names[i]: {f: v for f, v in fields.items() if torch.is_tensor(v)}
+            for i, fields in opt.state_dict()["state"].items()
         }
-        leaves = list(self._params.values())
-        if optimizer == "adam":
-            self._opt = torch.optim.Adam(leaves, lr=lr)
-        else:
-            self._opt = torch.optim.SGD(leaves, lr=lr, momentum=0.9)
+        new_params = {k: p.detach() for k, p in params.items()}
+        return TorchState(new_params, new_opt, None if state.count is None else state.count + 1)
 
-    def step(self, *batch):
+    def step(self, state, *batch):
         torch = self._torch
-        self._opt.zero_grad(set_to_none=True)
-        loss = self._loss_fn(self._params, *batch)
-        loss.backward()
-        finite = bool(torch.isfinite(loss)) and all(
-            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self._params.values()
-        )
-        if not finite:
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient (loss={float(loss.detach())}); parameters were not updated"
-            )
-        self._opt.step()
-        return float(loss.detach())
+        loss, grads = self.gradients(state, *batch)
+        finite = bool(torch.isfinite(loss)) and all(g is None or bool(torch.isfinite(g).all()) for g in grads.values())
+        metrics = {"loss": loss, "finite": torch.tensor(finite)}
+        return (self.apply(state, grads) if finite else state), metrics
 
-    @property
-    def params(self):
-        return self._params
+    def params(self, state):
+        return {k: v.detach().cpu().numpy().copy() for k, v in state.params.items()}
 
-    def params_numpy(self):
-        return {k: v.detach().cpu().numpy().copy() for k, v in self._params.items()}
-
-    def state(self):
-        """``params/<name>`` arrays and ``opt/<name>/<field>``, the tensors of
-        ``optimizer.state_dict()["state"]`` (e.g. Adam's ``step``, ``exp_avg``,
-        ``exp_avg_sq``; empty before the first step)."""
-        torch = self._torch
-        out = {f"params/{k}": v for k, v in self.params_numpy().items()}
-        names = list(self._params)
-        for idx, entries in self._opt.state_dict()["state"].items():
-            for field, value in entries.items():
-                if value is not None:
-                    arr = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
-                    out[f"opt/{names[idx]}/{field}"] = arr.copy()
+    def to_arrays(self, state):
+        """``params/<name>`` arrays, ``opt/<name>/<field>`` (the tensors of
+        ``torch.optim``'s per-parameter state) and, with a schedule that is not
+        constant, ``opt/count`` (int64)."""
+        out = {f"params/{k}": v for k, v in self.params(state).items()}
+        for name, fields in state.opt.items():
+            for field, value in fields.items():
+                out[f"opt/{name}/{field}"] = value.detach().cpu().numpy().copy()
+        if state.count is not None:
+            out["opt/count"] = np.asarray(state.count, np.int64)
         return out
 
-    def load_state(self, state):
+    def from_arrays(self, arrays, like=None):
         torch = self._torch
-        params = {k: v for k, v in state.items() if k.startswith("params/")}
-        check_state(params, {f"params/{k}": v for k, v in self.params_numpy().items()}, "torch trainer")
-        names, opt_state, problems = list(self._params), {}, []
-        for key, value in state.items():
+        params = {k: np.asarray(v) for k, v in arrays.items() if k.startswith("params/")}
+        expected = (self.params(like) if like is not None
+                    else {k[7:]: v.astype(self.dtype, copy=False) for k, v in params.items()})
+        check_state(params, {f"params/{k}": v for k, v in expected.items()}, "torch step")
+        opt, problems, count = {}, [], None
+        for key, value in arrays.items():
             if key.startswith("params/"):
                 continue
-            name, _, field = key[4:].rpartition("/") if key.startswith("opt/") else ("", "", "")
             value = np.asarray(value)
-            if name not in self._params or not field:
+            if key == "opt/count" and not self.schedule.constant:
+                if value.shape != () or value.dtype != np.int64:
+                    problems.append(f"opt/count is {value.dtype}{list(value.shape)}, expected int64[]")
+                count = int(value)
+                continue
+            name, _, field = key[4:].rpartition("/") if key.startswith("opt/") else ("", "", "")
+            if name not in expected or not field:
                 problems.append(f"unexpected {key}")
-            elif field != "step" and value.shape != tuple(self._params[name].shape):
-                problems.append(f"{key} has shape {list(value.shape)}, expected {list(self._params[name].shape)}")
+            elif field != "step" and value.shape != tuple(expected[name].shape):
+                problems.append(f"{key} has shape {list(value.shape)}, expected {list(expected[name].shape)}")
             else:
-                opt_state.setdefault(names.index(name), {})[field] = torch.tensor(value)
+                opt.setdefault(name, {})[field] = torch.tensor(value)
+        if not self.schedule.constant and count is None:
+            problems.append("missing opt/count (the update count of a non-constant schedule)")
         if problems:
-            raise CheckpointError(f"the saved state does not fit this torch trainer: {'; '.join(problems)}")
-        self._opt.load_state_dict({"state": opt_state, "param_groups": self._opt.state_dict()["param_groups"]})
-        with torch.no_grad():
-            for k, p in self._params.items():
-                p.copy_(torch.from_numpy(np.array(state[f"params/{k}"])))
-                p.grad = None
+            raise CheckpointError(f"the saved state does not fit this torch step: {'; '.join(problems)}")
+        p = {k: torch.from_numpy(np.array(arrays[f"params/{k}"])) for k in expected}
+        return TorchState(p, opt, count)
 
 
 class TorchBackend(Backend):
@@ -208,7 +251,13 @@ class TorchBackend(Backend):
 
         return wrapped
 
-    def make_trainer(self, loss_fn, params: Mapping[str, np.ndarray], optimizer="adam",
-                     lr=1e-2, dtype="float32") -> Trainer:
-        check_optimizer(optimizer, lr)
-        return TorchTrainer(self, loss_fn, params, optimizer, lr, dtype)
+    def make_step(self, loss_fn, optimizer="adam", schedule=None, lr=1e-2, dtype="float32",
+                  total_steps=0) -> TorchStep:
+        optimizer, schedule = step_parts(self, optimizer, schedule, lr)
+        return TorchStep(self, loss_fn, optimizer, schedule, lr, dtype, total_steps)
+
+    # -- compiled-function cache (used by kernels) ----------------------------------
+    def version(self, x):
+        """The tensor's version counter (``Tensor._version``, bumped by every in-place
+        update); None for non-tensors."""
+        return getattr(x, "_version", None) if self._torch.is_tensor(x) else None

@@ -6,7 +6,7 @@ parameters) trainable::
     K_ss = k(X_s, X_s); K_ts = k(X_t, X_s)                 # kernel dtype
     alpha = solve(K_ss + lam tr(K_ss)/n_s I, y_s)          # float64
     L = loss(K_ts alpha, y_t)                              # mean over the target batch
-    params <- Adam(params, grad L)
+    params <- optimizer(params, grad L, lr * schedule(step))   # Adam, constant lr by default
 
 The target batch is class-balanced and resampled every step from a numpy generator
 seeded by the run's seed, so runs are deterministic and identical across backends
@@ -133,7 +133,7 @@ def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPR
     rng = np.random.default_rng(config.seed)
     pool, valid = split_validation(config, data)
     common = dict(config=config, comps=comps, data=data, rng=rng, pool=pool, valid=valid, run_dir=run_dir,
-                  fingerprint=fingerprint, trainer=None)
+                  fingerprint=fingerprint, state=None, step_fn=None)
     if resume:
         if run_dir is None:
             raise CheckpointError("resume=True needs the run directory of the checkpoint (run_dir)")
@@ -145,8 +145,8 @@ def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPR
         run = KIPRun(labels=saved.labels, class_ids=saved.class_ids, history=saved.history,
                      guard=NumericalGuard.from_dict(saved.guard, config.dtype), best=best, step=saved.step,
                      elapsed=saved.elapsed_seconds, last_saved=saved.step, resumed=True, **common)
-        run.trainer = run.make_trainer(saved.params())
-        run.trainer.load_state(saved.trainer_state)
+        run.step_fn = run.make_step()
+        run.state = run.step_fn.from_arrays(saved.trainer_state)
         return run
     if run_dir is not None:
         ensure_no_checkpoint(run_dir)
@@ -158,7 +158,8 @@ def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPR
     history = {"step": [], "loss": [], "eval_step": [], "eval_acc": [], "eval_seconds": []}
     run = KIPRun(labels=labels, class_ids=class_ids, history=history, guard=NumericalGuard.start(config),
                  best=Best(), **common)
-    run.trainer = run.make_trainer(params)
+    run.step_fn = run.make_step()
+    run.state = run.step_fn.init(params)
     return run
 
 
@@ -166,7 +167,7 @@ def _final_metrics(run: KIPRun, train_seconds: float) -> tuple[dict[str, Any], d
     """The returned support set (the best by validation accuracy if there is one, else
     the last) scored on the test set, and the random-subset baseline."""
     config, comps, data, history = run.config, run.comps, run.data, run.history
-    final_params = run.best.params if run.best.step is not None else run.trainer.params_numpy()
+    final_params = run.best.params if run.best.step is not None else run.params()
     images, labels = final_params["x_s"], final_params.get("y_s", run.labels)
     metrics = {
         "method": "kip",

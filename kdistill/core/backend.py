@@ -71,9 +71,10 @@ class TrainStep(ABC):
             ``(new_state, metrics)``; ``metrics["loss"]`` is the scalar loss before the
             update and ``metrics["finite"]`` a boolean scalar: loss and every gradient
             are finite (both backend arrays). When ``finite`` is false, ``new_state``
-            is ``state`` (no update) and the caller decides what to do
-            (:class:`~kdistill.core.loop.KIPRun` raises NonFiniteLossError).
-            ``state`` itself is never changed.
+            must be discarded (backends may compute the update anyway, to avoid a
+            device-side select): the caller keeps ``state`` and decides what to do
+            (:class:`~kdistill.core.loop.KIPRun` raises NonFiniteLossError and retries
+            from ``state``). ``state`` itself is never changed.
         """
 
     def __call__(self, state: Any, *batch: Any) -> tuple[Any, dict[str, Any]]:

@@ -82,9 +82,9 @@ def _optax_transform(optimizer, schedule, lr: float, total_steps: int):
 
 class JaxStep(TrainStep):
     """:class:`~kdistill.core.backend.TrainStep` on JAX: one jitted function of
-    ``(state, *batch)`` (``jax.value_and_grad``, the finite check, the optax update),
-    then a jitted select that keeps the input state when the check fails. Nothing waits
-    for the device: the metrics are device arrays."""
+    ``(state, *batch)`` (``jax.value_and_grad``, the finite check, the optax update).
+    Nothing waits for the device: the metrics are device arrays, and the caller discards
+    the new state when ``metrics["finite"]`` is false (no select on the device)."""
 
     def __init__(self, backend: "JaxBackend", loss_fn, optimizer, schedule, lr, dtype, total_steps):
         super().__init__(backend, loss_fn, optimizer, schedule, lr, dtype, total_steps)
@@ -109,13 +109,7 @@ class JaxStep(TrainStep):
             )
             return apply(state, grads), {"loss": loss, "finite": finite}
 
-        def keep_if(finite, new, old):
-            return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-
         self._gradients, self._apply, self._step = jax.jit(gradients), jax.jit(apply), jax.jit(step)
-        # compiled apart from the step: inside it the select changes XLA's fusion and so the
-        # rounding of the update (measured: an ulp after a few Adam steps)
-        self._keep_if = jax.jit(keep_if)
 
     def init(self, params):
         p = {k: self.backend.asarray(v, self.dtype) for k, v in params.items()}
@@ -128,8 +122,7 @@ class JaxStep(TrainStep):
         return self._apply(state, grads)
 
     def step(self, state, *batch):
-        new, metrics = self._step(state, *batch)
-        return self._keep_if(metrics["finite"], new, state), metrics
+        return self._step(state, *batch)
 
     def params(self, state):
         return {k: np.array(v) for k, v in state.params.items()}

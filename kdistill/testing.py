@@ -1,5 +1,6 @@
-"""Conformance checks for kernel, random kernel, solver, loss, method, run-callback, optimizer
-and schedule plugins (run them in your plugin's CI, like scikit-learn's ``check_estimator``).
+"""Conformance checks for backend, kernel, random kernel, solver, loss, dataset, method,
+run-callback, optimizer and schedule plugins (run them in your plugin's CI, like
+scikit-learn's ``check_estimator``).
 
 Each check builds the component on every backend it declares (and that is
 installed), runs it on small random inputs and raises ``AssertionError`` with a
@@ -14,11 +15,12 @@ precise message when the contract is broken::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
+import attrs
 import numpy as np
 
-from kdistill.core.contracts import RandomKernel, step_seed
+from kdistill.core.contracts import Kernel, RandomKernel, step_seed
 from kdistill.errors import ConfigError
 from kdistill.core.registry import get_registry
 
@@ -203,14 +205,60 @@ def check_random_kernel(factory: Callable[..., Any], *, input_shape=(4, 4, 2), s
 
 
 def check_solver(cls, *, seed: int = 0, rtol: float = 1e-8, **params: Any) -> None:
-    """Check a Solver class against ``numpy.linalg.solve`` with the relative ridge."""
+    """Check a Solver class against numpy, in float64, on every backend it declares.
+
+    1. ``solve(K_ss, y, lam)`` equals ``numpy.linalg.solve(K_ss + lam tr(K_ss)/n I, y)``
+       for a well-conditioned ``K_ss [12, 12]``, ``y [12, 3]``.
+    2. ``fit(kernel, x_s, y_s, lam)`` predicts, on targets ``x_t [5, 4]``, the exact
+       kernel ridge regression ``K_ts (K_ss + lam tr(K_ss)/n_s I)^-1 y_s`` of a kernel
+       with explicit features (``phi(x) = [x, x^2 / 2]``, 8 features for 12 support
+       points, so ``K_ss`` is singular without the ridge and ``fit`` may work in feature
+       space).
+
+    ``rtol``: the solver's declared accuracy. Exact solvers pass the default (float64
+    rounding times the condition numbers, below 1e3 here); an approximate solver
+    (Nystrom, truncated eigenbasis) passes the tolerance it promises against the exact
+    solve.
+
+    Raises:
+        AssertionError: naming the solver, the backend and the failed check.
+    """
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((12, 12))
     k, y, lam = a @ a.T, rng.standard_normal((12, 3)), 1e-3
     expected = np.linalg.solve(k + lam * np.trace(k) / 12 * np.eye(12), y)
+    x_s, x_t = rng.standard_normal((12, 4)), rng.standard_normal((5, 4))
+
+    def phi(x):
+        return np.concatenate([x, x**2 / 2], axis=1)
+
+    k_ss, k_ts = phi(x_s) @ phi(x_s).T, phi(x_t) @ phi(x_s).T
+    krr = k_ts @ np.linalg.solve(k_ss + lam * np.trace(k_ss) / 12 * np.eye(12), y)
     for b in _backends(cls):
-        got = b.to_numpy(cls(**params).bind(b).solve(b.asarray(k, "float64"), b.asarray(y, "float64"), lam))
-        np.testing.assert_allclose(got, expected, rtol=rtol, err_msg=f"{cls.__name__} on {b.name}")
+        solver = cls(**params).bind(b)
+        got = b.to_numpy(solver.solve(b.asarray(k, "float64"), b.asarray(y, "float64"), lam))
+        np.testing.assert_allclose(got, expected, rtol=rtol, err_msg=f"{cls.__name__}.solve on {b.name}")
+        kernel = _FeatureKernel().bind(b)
+        predictor = solver.fit(kernel, b.asarray(x_s, "float64"), b.asarray(y, "float64"), lam)
+        got = b.to_numpy(predictor(b.asarray(x_t, "float64")))
+        np.testing.assert_allclose(got, krr, rtol=rtol, atol=rtol * np.abs(krr).max(),
+                                   err_msg=f"{cls.__name__}.fit predictions on {b.name} vs exact KRR")
+
+
+@attrs.define(kw_only=True)
+class _FeatureKernel(Kernel):
+    """``k(x, x') = phi(x) . phi(x')`` with ``phi(x) = [x, x^2 / 2]`` (x flattened): a kernel
+    with explicit features for :func:`check_solver`."""
+
+    has_features: ClassVar[bool] = True
+
+    def features(self, x):
+        xp = self.b.xp
+        flat = xp.reshape(x, (x.shape[0], -1))
+        return xp.concat([flat, flat**2 / 2], axis=1)
+
+    def __call__(self, x1, x2):
+        return self.features(x1) @ self.features(x2).T
 
 
 def check_loss(cls, *, seed: int = 0, rtol: float = 1e-8, **params: Any) -> None:
@@ -527,3 +575,131 @@ def check_schedule(factory: Callable[..., Any], *, total: int = 20, lr: float = 
         np.testing.assert_allclose(moved, -lr * eager[:total].sum() * grad, rtol=1e-12, atol=1e-14,
                                    err_msg=f"{what}: the step does not use lr * schedule(count)")
     _agree(values, f"{name} values", 1e-12)
+
+
+def _conv2d_reference(x: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
+    """NHWC cross-correlation, stride 1, SAME zero padding, by explicit sums (float64)."""
+    n, h, wd, cin = x.shape
+    kh, kw, cin_g, cout = w.shape
+    ph, pw = kh // 2, kw // 2
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    out = np.zeros((n, h, wd, cout))
+    per_out = cout // groups
+    for o in range(cout):
+        g = o // per_out
+        xs = xp[..., g * cin_g:(g + 1) * cin_g]
+        for i in range(kh):
+            for j in range(kw):
+                out[..., o] += np.einsum("nhwc,c->nhw", xs[:, i:i + h, j:j + wd], w[i, j, :, o])
+    return out
+
+
+def check_backend(backend: Any, *, seed: int = 0) -> None:
+    """Check a :class:`~kdistill.core.backend.Backend` (an instance, or a registered name)
+    against numpy, in float64, on small inputs.
+
+    Checked: array round trips keep values and dtypes; ``all_finite``; ``safe_arccos``
+    values, and finite gradients at ``c = +-1``; ``safe_sqrt`` finite gradient at 0;
+    ``psd_cholesky`` (factor of a PD matrix, jitter on a singular PSD one, ``ok``
+    False on a negative-definite one); ``pivots_ok`` (rank-deficient pivots refused);
+    ``lu_solve``, ``cho_solve`` and ``solve_triangular`` against ``numpy.linalg.solve``;
+    ``conv2d`` (if implemented, also grouped) against explicit sums; ``normal``
+    deterministic in its seed; ``value_and_grad`` of a quadratic against its closed-form
+    gradient; ``jit``, ``compile``, ``checkpoint`` and ``map`` equal to the plain
+    function (``compile``, tens of seconds on torch, is not run). Tolerances are multiples of float64 rounding times the problems'
+    condition numbers (all below 1e3 here).
+
+    Raises:
+        AssertionError: naming the primitive and the backend.
+    """
+    if isinstance(backend, str):
+        backend = get_registry().backend(backend)
+    b, name = backend, backend.name
+    rng = np.random.default_rng(seed)
+    tol = 1e-10
+
+    def close(got, want, what, rtol=tol):
+        np.testing.assert_allclose(b.to_numpy(got), want, rtol=rtol, atol=rtol * max(1.0, np.abs(want).max()),
+                                   err_msg=f"backend {name!r}: {what}")
+
+    x = rng.standard_normal((5, 3))
+    for dtype in ("float32", "float64"):
+        arr = b.asarray(x, dtype)
+        assert b.dtype_name(arr) == dtype, f"backend {name!r}: asarray(..., {dtype!r}) gave {b.dtype_name(arr)}"
+        assert b.to_numpy(arr).dtype == np.dtype(dtype), f"backend {name!r}: to_numpy changed the dtype"
+        np.testing.assert_array_equal(b.to_numpy(arr), x.astype(dtype), err_msg=f"backend {name!r}: round trip")
+    assert bool(b.all_finite(b.asarray(x, "float64"))), f"backend {name!r}: all_finite of finite values"
+    assert not bool(b.all_finite(b.asarray(np.array([1.0, np.nan]), "float64"))), f"backend {name!r}: all_finite(NaN)"
+
+    c = np.array([-1.0, -0.5, 0.0, 0.3, 1.0])
+    close(b.safe_arccos(b.asarray(c, "float64")), np.arccos(c), "safe_arccos values")
+    _, g = b.value_and_grad(lambda p: b.xp.sum(b.safe_arccos(p["c"])))({"c": b.asarray(c, "float64")})
+    g = b.to_numpy(g["c"])
+    assert np.all(np.isfinite(g)), f"backend {name!r}: safe_arccos gradient not finite at |c| = 1: {g}"
+    np.testing.assert_allclose(g[1:4], -1 / np.sqrt(1 - c[1:4] ** 2), rtol=tol,
+                               err_msg=f"backend {name!r}: safe_arccos gradient inside (-1, 1)")
+    _, g = b.value_and_grad(lambda p: b.xp.sum(b.safe_sqrt(p["v"])))({"v": b.asarray(np.array([0.0, 4.0]), "float64")})
+    g = b.to_numpy(g["v"])
+    assert np.all(np.isfinite(g)), f"backend {name!r}: safe_sqrt gradient not finite at 0"
+    np.testing.assert_allclose(g[1], 0.25, rtol=tol, err_msg=f"backend {name!r}: safe_sqrt gradient at 4")
+
+    a = rng.standard_normal((6, 6))
+    pd, rhs = a @ a.T + 6 * np.eye(6), rng.standard_normal((6, 2))
+    want = np.linalg.solve(pd, rhs)
+    chol, ok = b.psd_cholesky(b.asarray(pd, "float64"))
+    assert bool(ok), f"backend {name!r}: psd_cholesky refused a PD matrix"
+    close(chol, np.linalg.cholesky(pd), "psd_cholesky factor", rtol=1e-9)
+    close(b.cho_solve(chol, b.asarray(rhs, "float64")), want, "cho_solve", rtol=1e-9)
+    close(b.solve_triangular(chol, b.asarray(rhs, "float64"), lower=True),
+          np.linalg.solve(np.linalg.cholesky(pd), rhs), "solve_triangular (lower)", rtol=1e-9)
+    general = a + 6 * np.eye(6)  # not symmetric: a transposed solve would show
+    sol, piv = b.lu_solve(b.asarray(general, "float64"), b.asarray(rhs, "float64"))
+    close(sol, np.linalg.solve(general, rhs), "lu_solve", rtol=1e-9)
+    assert bool(b.pivots_ok(piv)), f"backend {name!r}: pivots of a nonsingular matrix refused"
+    v = rng.standard_normal((6, 2))
+    singular = v @ v.T  # rank 2, PSD: needs the jitter
+    chol, ok = b.psd_cholesky(b.asarray(singular, "float64"))
+    assert bool(ok), f"backend {name!r}: psd_cholesky did not recover a singular PSD matrix with jitter"
+    rebuilt = b.to_numpy(chol) @ b.to_numpy(chol).T
+    assert np.abs(rebuilt - singular).max() <= 1e-5 * np.trace(singular), (
+        f"backend {name!r}: jittered factor far from the matrix")
+    _, ok = b.psd_cholesky(b.asarray(-pd, "float64"))
+    assert not bool(ok), f"backend {name!r}: psd_cholesky accepted a negative-definite matrix"
+    pivots = np.array([3.0, 2.0, 1e-17])
+    assert not bool(b.pivots_ok(b.asarray(pivots, "float64"))), f"backend {name!r}: pivots_ok({pivots})"
+
+    img, w = rng.standard_normal((2, 5, 4, 4)), rng.standard_normal((3, 3, 2, 6))
+    try:
+        out = b.conv2d(b.asarray(img, "float64"), b.asarray(w, "float64"), groups=2)
+    except NotImplementedError:
+        out = None
+    if out is not None:
+        close(out, _conv2d_reference(img, w, 2), "conv2d (2 groups)", rtol=1e-9)
+        w1 = rng.standard_normal((3, 3, 4, 3))
+        close(b.conv2d(b.asarray(img, "float64"), b.asarray(w1, "float64")), _conv2d_reference(img, w1, 1),
+              "conv2d", rtol=1e-9)
+
+    n1, n2 = b.to_numpy(b.normal(7, (4, 3), "float64")), b.to_numpy(b.normal(7, (4, 3), "float64"))
+    np.testing.assert_array_equal(n1, n2, err_msg=f"backend {name!r}: normal() not deterministic in its seed")
+    assert not np.array_equal(n1, b.to_numpy(b.normal(8, (4, 3), "float64"))), f"backend {name!r}: seeds 7, 8 equal"
+
+    q = rng.standard_normal((3, 3))
+    q = q @ q.T + np.eye(3)
+    qb, p0 = b.asarray(q, "float64"), rng.standard_normal(3)
+
+    def quadratic(p, m):
+        return 0.5 * b.xp.sum(p["z"] * (m @ p["z"]))
+
+    value, grad = b.value_and_grad(quadratic)({"z": b.asarray(p0, "float64")}, qb)
+    np.testing.assert_allclose(float(value), 0.5 * p0 @ q @ p0, rtol=tol, err_msg=f"backend {name!r}: value")
+    close(grad["z"], q @ p0, "value_and_grad of a quadratic")
+
+    def f(z):
+        return b.xp.sin(z) * 2.0 + z**2
+
+    z = b.asarray(rng.standard_normal(4), "float64")
+    plain = b.to_numpy(f(z))
+    for how in ("jit", "checkpoint"):
+        close(getattr(b, how)(f)(z), plain, f"{how}(f) differs from f")
+    (mapped,) = b.map(lambda t: (f(t[0]),), (b.asarray(np.stack([b.to_numpy(z)] * 3), "float64"),))
+    close(mapped, np.stack([plain] * 3), "map(f) differs from f row by row")

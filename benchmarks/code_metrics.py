@@ -1,6 +1,6 @@
 """Layout metrics of the kdistill package, from its source alone (nothing is imported).
 
-Prints: lines per package (core, plugins, io, runtime, ops, datasets, nn, the top-level
+Prints: lines and code lines per package (core, plugins, io, runtime, ops, datasets, nn, the top-level
 modules), the 5 largest functions, the import cycles among kdistill modules
 (module-level imports, which run at import time, and function-level ones, which run
 when the function is called), the plugin modules that import a private name (``_x``)
@@ -239,14 +239,31 @@ def core_front_end_imports(edges: list[Import]) -> list[str]:
                   and any(e.target == f or e.target.startswith(f + ".") for f in FRONT_ENDS))
 
 
-def lines_per_package() -> dict[str, int]:
-    """Lines of the ``.py`` files of each of :data:`PACKAGES`, and of the top-level modules."""
-    counts = {p: 0 for p in PACKAGES}
-    counts["top-level"] = 0
+def code_lines(path: Path) -> int:
+    """Lines of ``path`` that are code: not blank, not a comment, not part of a docstring
+    (of the module, a class or a function)."""
+    src = path.read_text(encoding="utf-8")
+    docs: set[int] = set()
+    for node in ast.walk(ast.parse(src, str(path))):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
+                    first.value.value, str):
+                docs.update(range(first.lineno, first.end_lineno + 1))
+    return sum(1 for i, line in enumerate(src.splitlines(), 1)
+               if line.strip() and not line.strip().startswith("#") and i not in docs)
+
+
+def lines_per_package() -> dict[str, tuple[int, int]]:
+    """``(lines, code lines)`` of the ``.py`` files of each of :data:`PACKAGES`, and of the
+    top-level modules (:func:`code_lines`)."""
+    counts = {p: (0, 0) for p in PACKAGES}
+    counts["top-level"] = (0, 0)
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE).parts
         key = rel[0] if len(rel) > 1 else "top-level"
-        counts[key] = counts.get(key, 0) + len(path.read_text(encoding="utf-8").splitlines())
+        lines, code = counts.get(key, (0, 0))
+        counts[key] = (lines + len(path.read_text(encoding="utf-8").splitlines()), code + code_lines(path))
     return counts
 
 
@@ -274,15 +291,16 @@ def largest_functions(n: int = 5) -> list[tuple[int, str]]:
 def main() -> int:
     mods = modules()
     edges = imports(mods)
-    print("lines per package:")
+    print("lines per package (all lines / code lines: no blank, comment or docstring lines):")
     counts = lines_per_package()
-    for key, count in counts.items():
-        print(f"  {key:10s} {count:6d}")
-    print(f"  {'total':10s} {sum(counts.values()):6d}")
+    for key, (lines, code) in counts.items():
+        print(f"  {key:10s} {lines:6d} {code:6d}")
+    print(f"  {'total':10s} {sum(c[0] for c in counts.values()):6d} {sum(c[1] for c in counts.values()):6d}")
     core = sorted(PACKAGE.glob("core/*.py"))
-    print("kdistill/core/*.py:")
+    print("kdistill/core/*.py (all lines / code lines):")
     for path in core:
-        print(f"  {len(path.read_text(encoding='utf-8').splitlines()):5d} {path.relative_to(ROOT)}")
+        print(f"  {len(path.read_text(encoding='utf-8').splitlines()):5d} {code_lines(path):5d} "
+              f"{path.relative_to(ROOT)}")
     print("largest functions:")
     for size, qual in largest_functions(5):
         print(f"  {size:5d} {qual}")

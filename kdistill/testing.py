@@ -605,23 +605,37 @@ def check_backend(backend: Any, *, seed: int = 0) -> None:
     ``lu_solve``, ``cho_solve`` and ``solve_triangular`` against ``numpy.linalg.solve``;
     ``conv2d`` (if implemented, also grouped) against explicit sums; ``normal``
     deterministic in its seed; ``value_and_grad`` of a quadratic against its closed-form
-    gradient; ``jit``, ``compile``, ``checkpoint`` and ``map`` equal to the plain
-    function (``compile``, tens of seconds on torch, is not run). Tolerances are multiples of float64 rounding times the problems'
-    condition numbers (all below 1e3 here).
+    gradient; ``jit``, ``checkpoint`` and ``map`` equal to the plain function
+    (``compile``, tens of seconds on torch, is not run). Tolerances are multiples of
+    float64 rounding times the problems' condition numbers (all below 1e3 here).
 
     Raises:
         AssertionError: naming the primitive and the backend.
     """
     if isinstance(backend, str):
         backend = get_registry().backend(backend)
-    b, name = backend, backend.name
     rng = np.random.default_rng(seed)
-    tol = 1e-10
+    for part in (_backend_arrays, _backend_guarded, _backend_linalg, _backend_conv, _backend_randomness,
+                 _backend_autodiff):
+        part(backend, rng, _Close(backend))
 
-    def close(got, want, what, rtol=tol):
-        np.testing.assert_allclose(b.to_numpy(got), want, rtol=rtol, atol=rtol * max(1.0, np.abs(want).max()),
-                                   err_msg=f"backend {name!r}: {what}")
 
+class _Close:
+    """``close(got, want, what, rtol)``: a backend array equals a numpy one to ``rtol``
+    (relative, and absolute ``rtol`` times the reference's scale), naming the backend."""
+
+    def __init__(self, backend, tol: float = 1e-10):
+        self.b, self.tol = backend, tol
+
+    def __call__(self, got, want, what, rtol=None):
+        rtol = self.tol if rtol is None else rtol
+        np.testing.assert_allclose(self.b.to_numpy(got), want, rtol=rtol,
+                                   atol=rtol * max(1.0, np.abs(want).max()),
+                                   err_msg=f"backend {self.b.name!r}: {what}")
+
+
+def _backend_arrays(b, rng, close) -> None:
+    name = b.name
     x = rng.standard_normal((5, 3))
     for dtype in ("float32", "float64"):
         arr = b.asarray(x, dtype)
@@ -631,18 +645,24 @@ def check_backend(backend: Any, *, seed: int = 0) -> None:
     assert bool(b.all_finite(b.asarray(x, "float64"))), f"backend {name!r}: all_finite of finite values"
     assert not bool(b.all_finite(b.asarray(np.array([1.0, np.nan]), "float64"))), f"backend {name!r}: all_finite(NaN)"
 
+
+def _backend_guarded(b, rng, close) -> None:
+    name = b.name
     c = np.array([-1.0, -0.5, 0.0, 0.3, 1.0])
     close(b.safe_arccos(b.asarray(c, "float64")), np.arccos(c), "safe_arccos values")
     _, g = b.value_and_grad(lambda p: b.xp.sum(b.safe_arccos(p["c"])))({"c": b.asarray(c, "float64")})
     g = b.to_numpy(g["c"])
     assert np.all(np.isfinite(g)), f"backend {name!r}: safe_arccos gradient not finite at |c| = 1: {g}"
-    np.testing.assert_allclose(g[1:4], -1 / np.sqrt(1 - c[1:4] ** 2), rtol=tol,
+    np.testing.assert_allclose(g[1:4], -1 / np.sqrt(1 - c[1:4] ** 2), rtol=close.tol,
                                err_msg=f"backend {name!r}: safe_arccos gradient inside (-1, 1)")
     _, g = b.value_and_grad(lambda p: b.xp.sum(b.safe_sqrt(p["v"])))({"v": b.asarray(np.array([0.0, 4.0]), "float64")})
     g = b.to_numpy(g["v"])
     assert np.all(np.isfinite(g)), f"backend {name!r}: safe_sqrt gradient not finite at 0"
-    np.testing.assert_allclose(g[1], 0.25, rtol=tol, err_msg=f"backend {name!r}: safe_sqrt gradient at 4")
+    np.testing.assert_allclose(g[1], 0.25, rtol=close.tol, err_msg=f"backend {name!r}: safe_sqrt gradient at 4")
 
+
+def _backend_linalg(b, rng, close) -> None:
+    name = b.name
     a = rng.standard_normal((6, 6))
     pd, rhs = a @ a.T + 6 * np.eye(6), rng.standard_normal((6, 2))
     want = np.linalg.solve(pd, rhs)
@@ -668,6 +688,8 @@ def check_backend(backend: Any, *, seed: int = 0) -> None:
     pivots = np.array([3.0, 2.0, 1e-17])
     assert not bool(b.pivots_ok(b.asarray(pivots, "float64"))), f"backend {name!r}: pivots_ok({pivots})"
 
+
+def _backend_conv(b, rng, close) -> None:
     img, w = rng.standard_normal((2, 5, 4, 4)), rng.standard_normal((3, 3, 2, 6))
     try:
         out = b.conv2d(b.asarray(img, "float64"), b.asarray(w, "float64"), groups=2)
@@ -679,10 +701,16 @@ def check_backend(backend: Any, *, seed: int = 0) -> None:
         close(b.conv2d(b.asarray(img, "float64"), b.asarray(w1, "float64")), _conv2d_reference(img, w1, 1),
               "conv2d", rtol=1e-9)
 
+
+def _backend_randomness(b, rng, close) -> None:
+    name = b.name
     n1, n2 = b.to_numpy(b.normal(7, (4, 3), "float64")), b.to_numpy(b.normal(7, (4, 3), "float64"))
     np.testing.assert_array_equal(n1, n2, err_msg=f"backend {name!r}: normal() not deterministic in its seed")
     assert not np.array_equal(n1, b.to_numpy(b.normal(8, (4, 3), "float64"))), f"backend {name!r}: seeds 7, 8 equal"
 
+
+def _backend_autodiff(b, rng, close) -> None:
+    name = b.name
     q = rng.standard_normal((3, 3))
     q = q @ q.T + np.eye(3)
     qb, p0 = b.asarray(q, "float64"), rng.standard_normal(3)
@@ -691,7 +719,7 @@ def check_backend(backend: Any, *, seed: int = 0) -> None:
         return 0.5 * b.xp.sum(p["z"] * (m @ p["z"]))
 
     value, grad = b.value_and_grad(quadratic)({"z": b.asarray(p0, "float64")}, qb)
-    np.testing.assert_allclose(float(value), 0.5 * p0 @ q @ p0, rtol=tol, err_msg=f"backend {name!r}: value")
+    np.testing.assert_allclose(float(value), 0.5 * p0 @ q @ p0, rtol=close.tol, err_msg=f"backend {name!r}: value")
     close(grad["z"], q @ p0, "value_and_grad of a quadratic")
 
     def f(z):

@@ -492,7 +492,8 @@ def test_provenance_of_builtins_and_unknown():
     with pytest.raises(UnknownComponentError, match="unknown solver 'svd'; available solvers: cholesky"):
         reg.provenance("solvers", "svd")
     prov = registry_module.component_provenance(DistillConfig(eval_kernel="rbf", valid_kernel="fc"), reg)
-    assert list(prov) == ["method", "backend", "dataset", "kernel", "eval_kernel", "valid_kernel", "solver", "loss"]
+    assert list(prov) == ["method", "backend", "dataset", "kernel", "eval_kernel", "valid_kernel", "solver", "loss",
+                          "optimizer", "schedule"]
     assert {p["package"] for p in prov.values()} == {"kdistill"}
     assert prov["eval_kernel"]["name"] == "rbf" and prov["solver"]["name"] == "cholesky"
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kdistill.errors import ConfigError
+
 # Tests never autoload third-party plugins (the example-plugin tests opt in explicitly).
 os.environ.setdefault("KDISTILL_DISABLE_PLUGINS", "1")
 
@@ -34,6 +36,17 @@ def torch_backend(registry):
 @pytest.fixture(scope="session", params=["jax", "torch"])
 def backend(request, registry):
     return registry.backend(request.param)
+
+
+@pytest.fixture
+def nt_available():
+    """Skips the test, saying why, when neural-tangents cannot be imported."""
+    from kdistill.runtime.optional import import_neural_tangents
+
+    try:
+        import_neural_tangents()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -96,16 +96,6 @@ def test_finite_convnet_other_specs(spec):
     assert m(torch.zeros(1, 8, 8, 2)).shape == (1, 3)
 
 
-@pytest.fixture
-def nt_available():
-    from kdistill.runtime.optional import import_neural_tangents
-
-    try:
-        import_neural_tangents()
-    except ConfigError as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.mark.parametrize("params", SPECS, ids=str)
 def test_exact_kernel_equals_nt_network_of_the_spec(nt_available, jax_backend, rng, params):
     """The exact kernel's interpreter and the nt adapter's stax network of the same spec

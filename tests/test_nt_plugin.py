@@ -15,16 +15,6 @@ from kdistill.plugins.kernels.fc import FCKernel
 from kdistill.plugins.kernels.nt import NTKernel
 
 
-@pytest.fixture
-def nt_available():
-    from kdistill.runtime.optional import import_neural_tangents
-
-    try:
-        import_neural_tangents()
-    except ConfigError as exc:
-        pytest.skip(str(exc))
-
-
 def test_catalogue_convnet_equals_our_convnet(nt_available, jax_backend, rng):
     b = jax_backend
     x1, x2 = b.asarray(rng.standard_normal((3, 8, 8, 2)), "float64"), b.asarray(rng.standard_normal((4, 8, 8, 2)), "float64")

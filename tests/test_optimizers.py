@@ -318,17 +318,30 @@ OLD_CONFIG = dict(ipc=1, target_batch=100, eval_every=0, seed=7, learn_labels=Tr
 def test_resumes_a_checkpoint_written_before_optimizers_were_components(tmp_path, backend_name, optimizer):
     """tests/data/checkpoint_pre_optimizers_*.npz: step 3 of 6 of a run checkpointed by
     kdistill before this change (config ``optimizer = "<name>"``, the trainer's state
-    layout). Resuming it gives bit-for-bit the set of an uninterrupted run."""
+    layout), on jax 0.5.3 / torch 2.13 on an AMD EPYC. Resuming it continues that run.
+
+    Steps 1-3 of the result are the file's own. Steps 4-6 are computed here from its
+    state and compared with an uninterrupted run computed here: on the stack and CPU that
+    wrote the file they agree bit for bit; on another JAX/optax version or CPU (XLA and
+    BLAS round float32 differently) the uninterrupted run's first 3 steps differ from the
+    file's by float32 rounding (measured with jax 0.10.2: up to 8e-7 relative in those
+    losses, 2.3e-8 in the losses of steps 4-6, 4e-6 of the images' scale). A misread
+    optimizer state is far larger: every moment off by 1% alone moves the step-5/6 losses
+    by 2e-5..4e-5 (Adam) / 2e-6..4e-6 (SGD) relative; a lost or swapped moment by more."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    shutil.copy(DATA / f"checkpoint_pre_optimizers_{backend_name}_{optimizer}.npz", run_dir / "checkpoint.npz")
+    fixture = DATA / f"checkpoint_pre_optimizers_{backend_name}_{optimizer}.npz"
+    shutil.copy(fixture, run_dir / "checkpoint.npz")
     resumed = kdistill.distill(run_dir=run_dir, resume=True)
     whole = kdistill.distill(backend=backend_name, optimizer=optimizer, **OLD_CONFIG)
     assert resumed.history["step"] == [1, 2, 3, 4, 5, 6]
-    assert resumed.history["loss"] == whole.history["loss"]
-    np.testing.assert_array_equal(resumed.images, whole.images)
-    np.testing.assert_array_equal(resumed.labels, whole.labels)
-    np.testing.assert_array_equal(resumed.loss_params["log_tau"], whole.loss_params["log_tau"])
+    from kdistill.io.checkpoint import load_checkpoint
+
+    assert resumed.history["loss"][:3] == load_checkpoint(fixture).history["loss"]
+    np.testing.assert_allclose(resumed.history["loss"][3:], whole.history["loss"][3:], rtol=1e-6)
+    for got, want in ((resumed.images, whole.images), (resumed.labels, whole.labels),
+                      (resumed.loss_params["log_tau"], whole.loss_params["log_tau"])):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
 class Crash(Exception):
@@ -355,8 +368,11 @@ def test_resume_with_a_schedule_is_bit_for_bit(tmp_path, backend_name):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_checkpoint_layout_is_the_one_before_optimizers_were_components(tmp_path, backend_name, optimizer):
     """A checkpoint written now holds the same entries (names, dtypes, shapes) as the one
-    the earlier kdistill wrote at the same step, with the same values (bit-for-bit on the
-    machine that made the file; to rounding elsewhere)."""
+    the earlier kdistill wrote at the same step, with the same values: bit for bit on the
+    stack and CPU that made the file; elsewhere to float32 rounding amplified by 3 steps
+    (Adam normalizes each coordinate's step, so a coordinate whose gradient is rounding
+    noise can move by up to ~lr = 1e-2 per step: the tolerance is 1e-3 of each array's
+    scale, while a misplaced entry is off by the array's scale)."""
     from kdistill.io.checkpoint import load_checkpoint
 
     def crash(info):
@@ -370,4 +386,4 @@ def test_checkpoint_layout_is_the_one_before_optimizers_were_components(tmp_path
     assert sorted(new) == sorted(old)
     for k, v in old.items():
         assert (new[k].dtype, new[k].shape) == (v.dtype, v.shape), k
-        np.testing.assert_allclose(new[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(new[k], v, rtol=0, atol=1e-3 * max(np.abs(v).max(), 1e-30), err_msg=k)

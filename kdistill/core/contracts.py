@@ -446,6 +446,71 @@ class Dataset:
                 f"{self.x_test.dtype}"
             )
 
+    @classmethod
+    def from_arrays(
+        cls, x_train, y_train, x_test, y_test, *, name: str = "arrays", num_classes: int | None = None,
+        class_names=None, layout: str = "nhwc",
+    ) -> "Dataset":
+        """A dataset from a user's own arrays (numpy, or anything ``numpy.asarray`` takes,
+        e.g. CPU torch tensors).
+
+        Args:
+            x_train, x_test: images ``[N, H, W, C]`` (``layout="nhwc"``), ``[N, C, H, W]``
+                (``layout="nchw"``) or ``[N, H, W]`` (one channel), on the 0..255 scale:
+                uint8, or any integer or float dtype (converted to float32; both splits get
+                the same dtype).
+            y_train, y_test: ``[N]`` class ids, integers (or integral floats) in
+                ``0..num_classes-1``.
+            num_classes: default ``max(label) + 1`` over both splits.
+            class_names: default ``"0", "1", ...``.
+        Raises:
+            DataError: naming the argument: not array-like, wrong rank or layout, bool or
+                non-numeric dtype, NaN/Inf, non-integral labels, labels/images count
+                mismatch, labels out of range, or train/test image shapes that differ.
+        """
+        if layout not in ("nhwc", "nchw"):
+            raise DataError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
+
+        def images(x, what):
+            try:
+                x = np.asarray(x)
+            except Exception as exc:  # arbitrary objects
+                raise DataError(f"{what}: cannot be converted to an array: {exc}") from exc
+            if x.dtype.kind not in "uif":
+                raise DataError(f"{what}: expected numeric images, got dtype {x.dtype}")
+            if x.ndim == 3:
+                x = x[..., None]
+            elif x.ndim == 4 and layout == "nchw":
+                x = x.transpose(0, 2, 3, 1)
+            if x.ndim != 4:
+                raise DataError(f"{what}: expected images [N, H, W, C] ({layout}) or [N, H, W], got shape {x.shape}")
+            if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+                raise DataError(f"{what}: images contain NaN or Inf")
+            return np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
+
+        def labels(y, what):
+            y = np.asarray(y)
+            if y.ndim != 1:
+                raise DataError(f"{what}: expected class ids [N], got shape {y.shape}")
+            if y.dtype.kind == "f":
+                if not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+                    raise DataError(f"{what}: labels must be integer class ids, got non-integral floats")
+                y = y.astype(np.int64)
+            if y.dtype.kind not in "iu":
+                raise DataError(f"{what}: expected integer class ids, got dtype {y.dtype}")
+            return y.astype(np.int64)
+
+        xs = [images(x_train, "x_train"), images(x_test, "x_test")]
+        if xs[0].dtype != xs[1].dtype:
+            xs = [x.astype(np.float32) for x in xs]
+        ys = [labels(y_train, "y_train"), labels(y_test, "y_test")]
+        if num_classes is None:
+            num_classes = int(max((y.max() for y in ys if y.size), default=0)) + 1
+        if class_names is None:
+            class_names = [str(i) for i in range(int(num_classes))]
+        return cls(name=name, x_train=xs[0], y_train=ys[0], x_test=xs[1], y_test=ys[1],
+                   num_classes=num_classes, class_names=class_names)
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)`` of every image."""

@@ -117,6 +117,51 @@ class DistilledSet:
                 "the file was not changed"
             ) from exc
 
+    def to_torch_dataset(self, *, pixel_space: bool = False, label_mode: str = "soft"):
+        """The set as a ``torch.utils.data.TensorDataset`` of ``(image, label)`` pairs.
+
+        Args:
+            pixel_space: False (default): images in the artifact's preprocessed space (what
+                kdistill's kernels and ``--nn`` see); True: mapped back to the 0..255 pixel
+                scale with ``transform.inverse`` (for display or another pipeline's own
+                preprocessing; for ``zca`` the layer norm is not invertible, see
+                :class:`kdistill.datasets.preprocess.RegularizedZCA`).
+            label_mode: ``soft``: the stored labels ``[n, num_classes]`` float32 (learned
+                or centered one-hot); ``class``: ``class_ids`` ``[n]`` int64.
+        Returns:
+            ``TensorDataset(images, labels)`` with images ``[n, C, H, W]`` (NCHW) float32
+            (CPU tensors copied from the arrays).
+        Raises:
+            ImportError: PyTorch is not installed (``pip install 'kdistill[torch]'``).
+            ConfigError: unknown ``label_mode``.
+        """
+        from kdistill.errors import ConfigError
+
+        if label_mode not in ("soft", "class"):
+            raise ConfigError(f"label_mode must be 'soft' or 'class', got {label_mode!r}")
+        try:
+            import torch
+            from torch.utils.data import TensorDataset
+        except ImportError as exc:
+            raise ImportError("to_torch_dataset needs PyTorch: pip install 'kdistill[torch]'") from exc
+        images = self.transform.inverse(self.images) if pixel_space else self.images
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2)))
+        y = (torch.from_numpy(np.array(self.labels, np.float32)) if label_mode == "soft"
+             else torch.from_numpy(np.array(self.class_ids, np.int64)))
+        return TensorDataset(x, y)
+
+    def to_safetensors(self, path: str | os.PathLike, *, layout: str = "nchw", pixel_space: bool = False) -> Path:
+        """Write the set as a ``.safetensors`` file (images, labels, class_ids, the
+        transform's arrays, metadata strings); see :mod:`kdistill.interop.exporters`.
+
+        Raises:
+            ImportError: safetensors missing (``pip install 'kdistill[interop]'``);
+            ConfigError: unknown layout; ArtifactError: the write failed.
+        """
+        from kdistill.interop.exporters import export_safetensors
+
+        return export_safetensors(self, path, layout=layout, pixel_space=pixel_space)
+
 
 def load(path: str | os.PathLike, *, allow_legacy: bool = False) -> DistilledSet:
     """Load an artifact written by :meth:`DistilledSet.save`. Never unpickles.

@@ -121,12 +121,56 @@ def load_dataset(config: DistillConfig, registry: Registry | None = None):
     return loader(config.data_dir)
 
 
+#: Keys of the dict form of in-memory data (see :func:`dataset_from_data`).
+DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
+DATA_OPTIONAL_KEYS = ("name", "num_classes", "class_names", "layout")
+
+
+def dataset_from_data(data):
+    """A :class:`kdistill.datasets.Dataset` from the in-memory forms ``distill(data=...)``
+    takes: a Dataset (returned as is), a tuple/list ``(x_train, y_train, x_test,
+    y_test)``, or a dict with those four keys and optionally ``name``, ``num_classes``,
+    ``class_names``, ``layout`` (``"nhwc"`` default or ``"nchw"``); arrays as in
+    :meth:`kdistill.core.contracts.Dataset.from_arrays`.
+
+    Raises:
+        DataError: another type, a tuple of another length, a dict with missing or
+            unknown keys (the message names them), or arrays that
+            :meth:`~kdistill.core.contracts.Dataset.from_arrays` refuses.
+    """
+    from kdistill.core.contracts import Dataset
+
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)):
+        if len(data) != 4:
+            raise DataError("data must be a kdistill.datasets.Dataset, a dict or a tuple (x_train, y_train, x_test, "
+                            f"y_test); the tuple has {len(data)} items")
+        return Dataset.from_arrays(*data)
+    if isinstance(data, dict):
+        missing = [k for k in DATA_KEYS if k not in data]
+        unknown = sorted(str(k) for k in data if k not in DATA_KEYS + DATA_OPTIONAL_KEYS)
+        if missing or unknown:
+            raise DataError(
+                "data must be a kdistill.datasets.Dataset, a tuple or a dict with the keys " + ", ".join(DATA_KEYS)
+                + (f"; the dict lacks {', '.join(missing)}" if missing else "")
+                + (f"; unknown keys: {', '.join(unknown)} (optional: {', '.join(DATA_OPTIONAL_KEYS)})"
+                   if unknown else ""))
+        return Dataset.from_arrays(*(data[k] for k in DATA_KEYS),
+                                   **{k: data[k] for k in DATA_OPTIONAL_KEYS if k in data})
+    raise DataError(
+        "data must be a kdistill.datasets.Dataset, a tuple (x_train, y_train, x_test, y_test) or a dict with "
+        f"those keys, got {type(data).__name__}")
+
+
 def prepare_data(
     config: DistillConfig, dataset=None, registry: Registry | None = None, transform=None
 ) -> PreparedData:
     """Load (unless ``dataset`` is given), validate, and preprocess the data.
 
     Args:
+        dataset: in-memory data instead of ``config.dataset``: a Dataset, a tuple
+            ``(x_train, y_train, x_test, y_test)`` or a dict (see :func:`dataset_from_data`).
         transform: an already fitted preprocessor (e.g. an artifact's); by default
             ``config.preprocess`` is fitted on the training split.
     Raises:
@@ -138,11 +182,12 @@ def prepare_data(
     from kdistill.core.contracts import Dataset
 
     ds = dataset if dataset is not None else load_dataset(config, registry)
+    if dataset is not None and not isinstance(ds, Dataset):
+        ds = dataset_from_data(ds)
     if not isinstance(ds, Dataset):
-        source = "data" if dataset is not None else f"the loader of dataset {config.dataset!r}"
         raise DataError(
-            f"{source} must be a kdistill.datasets.Dataset (build one with Dataset(name, x_train, "
-            f"y_train, x_test, y_test, num_classes, class_names)), got {type(ds).__name__}"
+            f"the loader of dataset {config.dataset!r} must return a kdistill.datasets.Dataset (build one with "
+            f"Dataset(name, x_train, y_train, x_test, y_test, num_classes, class_names)), got {type(ds).__name__}"
         )
     if len(ds.x_test) == 0:
         raise DataError(f"{ds.name} has an empty test split: evaluation needs at least one test example")

@@ -198,7 +198,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
                     f"{res['support']['n']} examples) than {d / 'distilled.npz'} (digest {digest}, "
                     f"{len(art.images)} examples): its accuracy is not shown. Rerun "
                     f"`kdistill evaluate {d} --nn {p.stem[3:]}` to measure the current set.")
-        sets[name] = {"artifact": art, "nn": nn, "stale": stale}
+        sets[name] = {"artifact": art, "nn": nn, "stale": stale, "krr": krr_results(d) if name != "distilled" else []}
 
     add("distilled", run_dir)
     base = run_dir / "baselines"
@@ -215,34 +215,108 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _fmt_nn(r: dict[str, Any] | None, stale: bool = False) -> str:
+    """``mean ± std (n=seeds, N test images)``; one seed: ``acc (1 seed, N test images)``."""
     if stale:
         return "stale result not shown (see warning)"
     if r is None:
         return "–"
     if r.get("diverged"):
         return "diverged (no accuracy)"
-    return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} (n={len(r['test_acc'])})"
+    seeds, images = len(r["test_acc"]), f"{r['n_test']} test images"
+    if seeds == 1:
+        return f"{100 * r['mean']:.2f} (1 seed, {images})"
+    return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} (n={seeds}, {images})"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def describe_method(config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """What made a set, for people: ``RFAD (kip with the random-feature kernel rf-convnet)``
+    for a KIP run whose kernel is a :class:`~kdistill.core.contracts.RandomKernel` (or,
+    when the kernel is not installed here, named ``rf-*``), else the recorded method
+    (``kip``, ``label-solve``, ``baseline:random``, ...)."""
+    method = str(metrics.get("method", config.get("method", "?")))
+    kernel = config.get("kernel")
+    name = kernel.get("name") if isinstance(kernel, dict) else kernel
+    if method != "kip" or not isinstance(name, str):
+        return method
+    try:
+        from kdistill.core.contracts import RandomKernel
+        from kdistill.core.registry import get_registry
+
+        factory = get_registry().get("kernels", name).factory
+        random = isinstance(factory, type) and issubclass(factory, RandomKernel)
+    except Exception:  # a kernel this installation lacks: judge by its name
+        random = name.startswith("rf-")
+    return f"RFAD (kip with the random-feature kernel {name})" if random else method
+
+
+def krr_results(d: Path) -> list[dict[str, Any]]:
+    """The KRR results ``kdistill evaluate`` wrote beside the artifact in ``d``
+    (``eval_<kernel>.json``, sealed), unreadable ones skipped with a
+    :class:`ReportWarning`."""
+    from kdistill.io.safeio import read_json_sealed
+
+    out = []
+    for p in sorted(d.glob("eval_*.json")):
+        try:
+            res = read_json_sealed(p, ArtifactError, what="KRR result")
+        except ArtifactError as exc:
+            warnings.warn(f"{p} is left out of the report: {exc}", ReportWarning, stacklevel=3)
+            continue
+        if _is_number(res.get("distilled_acc")) and isinstance(res.get("n_test"), int):
+            out.append(res)
+    return out
+
+
+def _krr_cell(name: str, s: dict[str, Any], m0: dict[str, Any]) -> str:
+    """The KRR column of one set: accuracy % and the number of test images. The
+    distilled set: its run's final score. A baseline: the ``kdistill evaluate`` result
+    under the distilled set's evaluation kernel (another kernel's result is shown with
+    its name), or "–"."""
+    if name == "distilled":
+        acc, n_test, kernel = m0.get("distilled_acc"), m0.get("n_test"), None
+    else:
+        want = m0.get("eval_kernel")
+        found = [r for r in s["krr"] if r.get("n_support") in (None, len(s["artifact"].images))]
+        match = [r for r in found if r.get("eval_kernel") == want] or found
+        if not match:
+            return "–"
+        r = match[0]
+        acc, n_test = r["distilled_acc"], r["n_test"]
+        kernel = None if r.get("eval_kernel") == want else (r.get("eval_kernel") or {}).get("name")
+    if not _is_number(acc):
+        return "–"
+    where = f"{n_test} test images" if isinstance(n_test, int) else "test set"
+    return f"{100 * acc:.2f} ({where}" + (f", kernel {kernel})" if kernel else ")")
 
 
 def metrics_table(info: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one row per set (distilled, baselines), KRR and NN accuracy columns."""
+    """Header and rows: one row per set (distilled, baselines), KRR and NN accuracy columns;
+    every number says on how many test images it was taken. A baseline's KRR cell comes
+    from its ``eval_<kernel>.json`` (``kdistill evaluate RUN/baselines/<kind>``)."""
     models = info["models"]
     header = ["set", "method", "support size", "KRR test acc %"] + [f"NN {m} test acc % (mean ± std)" for m in models]
     rows = []
     m0 = info["artifact"].metrics
     for name, s in info["sets"].items():
         art = s["artifact"]
-        if name == "distilled":
-            krr = m0.get("distilled_acc")
-        elif name == "random":
-            krr = None  # KRR of *a* random subset is m0["random_acc"], a different draw; see notes
-        else:
-            krr = art.metrics.get("krr_acc")
-        method = art.metrics.get("method", art.config.get("method", "?"))
-        krr = f"{100 * krr:.2f}" if isinstance(krr, (int, float)) and not isinstance(krr, bool) else "–"
-        rows.append([name, str(method), str(len(art.images)), krr]
+        rows.append([name, describe_method(art.config, art.metrics), str(len(art.images)), _krr_cell(name, s, m0)]
                     + [_fmt_nn(s["nn"].get(m), m in s["stale"]) for m in models])
     return header, rows
+
+
+def _curve_caption(cfg: dict[str, Any], metrics: dict[str, Any], history: dict[str, list]) -> str:
+    """The caption of the distillation curves, naming the split and its size."""
+    if metrics.get("eval_split") == "validation":
+        where = f"the validation split ({metrics.get('valid_size', '?')} training images held out)"
+    elif _is_number(cfg.get("eval_test_size")):
+        where = f"the first {cfg['eval_test_size']} test images"
+    else:
+        where = "the test set"
+    return f"distillation loss per step and KRR accuracy during distillation on {where}"
 
 
 def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Path]:
@@ -267,8 +341,10 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
     run_dir = info["run_dir"]
     art = info["artifact"]
     cfg = art.config
-    title = title or f"kdistill report: {cfg.get('dataset')} {cfg.get('method')} ipc={cfg.get('ipc')}"
-    figs: dict[str, bytes] = {"grid": grid_png(art, f"{cfg.get('dataset')} {cfg.get('method')} ipc={cfg.get('ipc')}")}
+    method = describe_method(cfg, art.metrics)
+    short = "RFAD" if method.startswith("RFAD") else cfg.get("method")
+    title = title or f"kdistill report: {cfg.get('dataset')} {method} ipc={cfg.get('ipc')}"
+    figs: dict[str, bytes] = {"grid": grid_png(art, f"{cfg.get('dataset')} {short} ipc={cfg.get('ipc')}")}
     png = distill_curves_png(art.history, art.metrics.get("eval_split", "test"))
     if png:
         figs["distill_curves"] = png
@@ -304,13 +380,19 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
         "report_generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
     machines = {f"{n}/{m}": r["machine"] for n, s in info["sets"].items() for m, r in s["nn"].items()}
+    m0, baselines = art.metrics, [n for n in info["sets"] if n != "distilled"]
+    n_test = f" on {m0['n_test']} test images" if isinstance(m0.get("n_test"), int) else ""
     notes = [
-        "NN accuracies are on the full test set after the last step; mean ± population std over the protocol's seeds.",
+        "NN accuracies are on the full test set after the last step; mean ± population std over the protocol's "
+        "seeds (one seed: no std)." if info["models"] else "",
         "Baselines are built in the distilled set's own preprocessed space with centered one-hot labels and "
-        "evaluated under exactly the protocol shown (same protocol id).",
-        f"KRR accuracy of a random real subset recorded at distillation: "
-        f"{100 * art.metrics['random_acc']:.2f}%." if isinstance(art.metrics.get("random_acc"), (int, float)) else "",
+        "evaluated under exactly the protocol shown (same protocol id)." if baselines and info["models"] else "",
+        "A baseline's KRR accuracy is the `kdistill evaluate RUN_DIR/baselines/<kind>` result; "
+        "run it where the column shows –." if any(r[3] == "–" for r in rows[1:]) else "",
+        f"KRR accuracy of a random real subset{' (another draw than the `random` baseline)' if 'random' in baselines else ''} "
+        f"recorded at distillation{n_test}: {100 * m0['random_acc']:.2f}%." if _is_number(m0.get("random_acc")) else "",
     ]
+    curve_caption = _curve_caption(cfg, m0, art.history)
     if mismatched:
         notes.append("WARNING: results under different protocols: " + ", ".join(mismatched))
     notes = [n for n in notes if n]
@@ -330,7 +412,15 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
         f"<h3>{e(m)} (id {e(p['protocol_id'])})</h3><p>{e(p['protocol_text'])}</p>"
         f"<pre>{e(json.dumps(p['protocol'], indent=2))}</pre>"
         for m, p in protocols.items() if p
-    ) or "<p><em>No finite-network results yet: run <code>kdistill evaluate RUN_DIR --nn convnet</code>.</em></p>"
+    )
+    # sections without data are left out
+    curves = [img(n, alt) for n, alt in [("distill_curves", curve_caption)] + [
+        (f"nn_{m}_curves", f"{m}: finite-network training loss and test accuracy over steps") for m in info["models"]]
+        if n in figs]
+    curves_html = ("<h2>Curves</h2>\n" + "\n".join(curves)) if curves else ""
+    prot_html = f"<h2>Finite-network protocols</h2>\n{prot_html}" if prot_html else ""
+    machines_html = f"<h3>Machines of the NN results</h3>\n<pre>{e(json.dumps(machines, indent=2))}</pre>" if machines else ""
+    notes_html = f"<ul>{''.join(f'<li>{e(n)}</li>' for n in notes)}</ul>" if notes else ""
     metrics_json = json.dumps(art.metrics, indent=2, default=str)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
@@ -346,13 +436,10 @@ img{{max-width:100%}}figure{{margin:0.5em 0}}figcaption{{font-size:12px;color:#5
 {''.join(f'<p class="warning"><strong>Warning:</strong> {e(w)}</p>' for w in info['warnings'])}
 <h2>Metrics</h2>
 {table}
-<ul>{''.join(f'<li>{e(n)}</li>' for n in notes)}</ul>
+{notes_html}
 <h2>Distilled images</h2>
 {img('grid', 'distilled support set (raw pixel scale, one row per class)')}
-<h2>Curves</h2>
-{img('distill_curves', 'distillation loss and KRR test accuracy over steps')}
-{''.join(img(f'nn_{m}_curves', f'{m}: finite-network training loss and test accuracy over steps') for m in info['models'])}
-<h2>Finite-network protocols</h2>
+{curves_html}
 {prot_html}
 <h2>Run config</h2>
 <pre>{e(config_text)}</pre>
@@ -360,8 +447,7 @@ img{{max-width:100%}}figure{{margin:0.5em 0}}figcaption{{font-size:12px;color:#5
 <pre>{e(metrics_json)}</pre>
 <h2>Provenance</h2>
 <pre>{e(json.dumps(provenance, indent=2, default=str))}</pre>
-<h3>Machines of the NN results</h3>
-<pre>{e(json.dumps(machines, indent=2))}</pre>
+{machines_html}
 </body></html>
 """
     html_path = write_text_atomic(run_dir / "report.html", page)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from pathlib import Path
 
 import attrs
 import pytest
@@ -80,7 +81,8 @@ def test_nontrivial_config_round_trips_exactly(tmp_path):
     # through a file as well, and via the dict form
     path = tmp_path / "run.toml"
     path.write_text(cfg.to_toml())
-    assert DistillConfig.from_file(path) == cfg
+    # a file's relative data_dir is relative to the file's directory (made absolute)
+    assert DistillConfig.from_file(path) == attrs.evolve(cfg, data_dir=str(tmp_path.parent / "shared/data/mnist"))
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -416,3 +418,21 @@ def test_test_size_override_must_be_a_positive_integer(value, shown):
     with pytest.raises(ConfigError) as info:
         DistillConfig().with_overrides({"test_size": value})
     assert str(info.value) == f"test_size must be an integer >= 1, got {shown}"
+
+
+def test_config_file_data_dir_is_relative_to_the_file(tmp_path, monkeypatch):
+    """A relative data_dir in a TOML file is resolved against the file's directory; an
+    absolute one is kept; the repository's configs find ../shared/data from any cwd."""
+    (tmp_path / "conf").mkdir()
+    rel, absolute = tmp_path / "conf" / "rel.toml", tmp_path / "conf" / "abs.toml"
+    rel.write_text('dataset = "mnist"\ndata_dir = "../data/mnist"\n')
+    absolute.write_text(f'dataset = "mnist"\ndata_dir = "{tmp_path / "elsewhere"}"\n')
+    for cwd in (tmp_path, tmp_path / "conf"):
+        monkeypatch.chdir(cwd)
+        assert DistillConfig.from_file(rel).data_dir == str(tmp_path / "data" / "mnist")
+        assert DistillConfig.from_file(absolute).data_dir == str(tmp_path / "elsewhere")
+        assert DistillConfig.from_toml(rel.read_text()).data_dir == "../data/mnist"  # text: as given
+    repo = Path(__file__).resolve().parents[1]
+    for conf in sorted((repo / "configs").glob("*.toml")):
+        data_dir = Path(DistillConfig.from_file(conf).data_dir)
+        assert data_dir.parent == repo.parent / "shared" / "data", conf.name

@@ -244,7 +244,7 @@ def test_cli_baseline_evaluate_report(run_dir, tmp_path):
     page = (run_dir / "report.html").read_text()
     md = (run_dir / "report.md").read_text()
     for name, res in results.items():
-        cell = f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f} (n=3)"
+        cell = f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f} (n=3, {res['n_test']} test images)"
         assert f"<td>{name}</td>" in page and cell in page and cell in md
     assert f"{100 * art.metrics['distilled_acc']:.2f}" in page
     assert results["distilled"]["protocol_id"] in page

@@ -42,7 +42,7 @@ BUILTINS = {
     "datasets": ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist", "svhn"],
     "architectures": ["convnet", "fc"],
     "methods": ["kip", "label-solve"],
-    "callbacks": ["jsonl"],
+    "callbacks": ["jsonl", "mlflow", "tensorboard"],
     "optimizers": ["adam", "adamw", "sgd"],
     "schedules": ["constant", "cosine", "warmup-cosine"],
 }

@@ -122,8 +122,38 @@ def test_report_shows_a_result_of_the_current_set(tmp_path):
     art = make_set()
     run = write_run(tmp_path / "run", art, {"fc": make_result(art)})
     paths, page, md, caught = build(run)
-    assert "62.50 ± 1.25 (n=2)" in page and "62.50 ± 1.25 (n=2)" in md
+    assert "62.50 ± 1.25 (n=2, 12 test images)" in page and "62.50 ± 1.25 (n=2, 12 test images)" in md
     assert paths["warnings"] == [] and not caught and "Warning:" not in page
+
+
+def test_report_one_seed_rfad_baseline_krr_and_empty_sections(tmp_path):
+    """One seed shows no '± 0.00'; a KIP run with a random-feature kernel is called RFAD;
+    a baseline's KRR cell comes from its eval_<kernel>.json; every number says on how many
+    test images it was taken; sections without data are left out."""
+    art = make_set()
+    art.config["kernel"] = {"name": "rf-fc", "width": 16}
+    art.metrics.update(n_test=12, eval_kernel={"name": "rf-fc", "width": 16})
+    run = write_run(tmp_path / "run", art, {"fc": make_result(art, accs=(0.6125,))})
+    base = make_set(seed=5)
+    write_run(run / "baselines" / "random", base)
+    write_json_sealed(run / "baselines" / "random" / "eval_rf-fc.json",
+                      {"distilled_acc": 0.375, "random_acc": 0.25, "n_support": 6, "n_test": 12,
+                       "eval_kernel": {"name": "rf-fc", "width": 16}})
+    write_run(run / "baselines" / "kmeans", make_set(seed=6))
+    paths, page, md, _ = build(run)
+    for text in (page, md):
+        assert "61.25 (1 seed, 12 test images)" in text and "± 0.00" not in text
+        assert "RFAD (kip with the random-feature kernel rf-fc)" in text
+        assert "50.00 (12 test images)" in text and "37.50 (12 test images)" in text  # distilled, random baseline
+        assert "on 12 test images: 25.00%" in text
+    assert "<title>kdistill report: toy RFAD" in page
+    assert page.count("<td>–</td>") == 3  # kmeans: no KRR result; baselines: no NN result
+    plain = make_set()  # no NN results, no history: no curves, protocols or machines sections
+    plain.history = {}
+    _, page, md, _ = build(write_run(tmp_path / "plain", plain))
+    for section in ("<h2>Curves</h2>", "Finite-network protocols", "Machines of the NN results", "NN accuracies"):
+        assert section not in page
+    assert "<h2>Metrics</h2>" in page and "kip" in md
 
 
 def test_report_leaves_out_a_result_of_an_earlier_set(tmp_path):

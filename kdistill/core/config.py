@@ -23,6 +23,7 @@ Overrides use dotted keys with TOML values: ``ipc=1``, ``kernel.depth=2``,
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -263,6 +264,13 @@ class DistillConfig:
     def from_file(cls, path: str | Path) -> "DistillConfig":
         """Load a UTF-8 TOML file.
 
+        A relative ``data_dir`` in the file is relative to the file's directory (as
+        paths in most config formats are), so a config works from any working
+        directory; it is returned as an absolute, normalized path (``..`` folded, links
+        not resolved). An absolute ``data_dir`` is kept as written. (Only files: a
+        ``data_dir`` given by ``--data-dir``, ``-s data_dir=...``, a dict or
+        :meth:`from_toml` text is used as given, relative to the working directory.)
+
         Raises:
             ConfigError: the file is missing or unreadable, its path too long, its bytes
                 not UTF-8, its TOML malformed or its values invalid.
@@ -282,7 +290,10 @@ class DistillConfig:
                 f"config file {short_path(p)} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
                 f"{exc.start}); TOML files are UTF-8: re-save it as UTF-8"
             ) from exc
-        return cls.from_toml(text)
+        cfg = cls.from_toml(text)
+        if cfg.data_dir is not None and not Path(cfg.data_dir).is_absolute():
+            cfg = attrs.evolve(cfg, data_dir=os.path.normpath(os.path.abspath(p.parent / cfg.data_dir)))
+        return cfg
 
     def with_overrides(
         self, overrides: dict[str, Any] | list[str], notices: list[str] | None = None

@@ -236,6 +236,15 @@ class RunHook:
     def after_step(self, run: KIPRun, info: dict[str, Any]) -> None:
         """After step ``info["step"]``."""
 
+    def after_run(self, run: KIPRun, result: Any) -> None:
+        """Once, after the final evaluation, with the returned
+        :class:`~kdistill.io.artifact.DistilledSet` (``result.metrics`` holds the final
+        accuracies). Called by :func:`kdistill.plugins.methods.kip.run_kip` for the run
+        callbacks of the config (``comps.callbacks``), also when a resumed run only
+        evaluates again; not called when the run stops with an exception (a run
+        callback that holds files open should flush them in ``after_step``). Trackers
+        close their run here and log the artifact."""
+
 
 def drive(run: KIPRun, hooks: list[RunHook]) -> None:
     """Steps ``run.step + 1 .. config.steps``, each followed by every hook in order,

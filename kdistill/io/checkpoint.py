@@ -329,6 +329,8 @@ def data_fingerprint(x_train: np.ndarray, y_train: np.ndarray) -> str:
 def config_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """Fields (other than :data:`RESUME_MAY_CHANGE`) whose values differ, one line each.
 
+    ``steps`` may grow (extending a run, see :func:`extension_problem`): a larger
+    requested ``steps`` is not a difference; a smaller one is.
     Both dicts are normalized through ``DistillConfig`` first, so fields added to the
     config after the checkpoint was written compare at their defaults.
     """
@@ -337,7 +339,36 @@ def config_differences(stored: dict[str, Any], requested: dict[str, Any]) -> lis
     a = DistillConfig.from_dict(stored).to_dict()
     b = DistillConfig.from_dict(requested).to_dict()
     keys = [k for k in dict.fromkeys([*a, *b]) if k not in RESUME_MAY_CHANGE]
-    return [f"{k}: checkpoint has {a.get(k)!r}, requested {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    diffs = [f"{k}: checkpoint has {a.get(k)!r}, requested {b.get(k)!r}" for k in keys
+             if a.get(k) != b.get(k) and not (k == "steps" and b["steps"] > a["steps"])]
+    if any(line.startswith("steps:") for line in diffs):
+        diffs = [line + " (steps may only grow: a run is extended, never shortened)" if line.startswith("steps:")
+                 else line for line in diffs]
+    return diffs
+
+
+def extension_problem(stored: dict[str, Any], requested: dict[str, Any]) -> str | None:
+    """Why a run of config ``stored`` cannot be extended to ``requested["steps"]`` steps
+    (None when it can, or when ``steps`` did not grow).
+
+    Extending continues from the checkpoint, so the result equals an uninterrupted run
+    of the larger ``steps`` only if no earlier step depended on the total: a
+    learning-rate schedule other than a constant one (``cosine`` decays over ``steps``)
+    cannot be extended.
+    """
+    from kdistill.core.config import DistillConfig
+    from kdistill.core.registry import get_registry
+
+    a, b = DistillConfig.from_dict(stored), DistillConfig.from_dict(requested)
+    if b.steps <= a.steps:
+        return None
+    schedule = get_registry().get("schedules", b.schedule.name).factory
+    if not getattr(schedule, "constant", False):
+        return (f"steps: checkpoint has {a.steps!r}, requested {b.steps!r}: the run's learning-rate schedule "
+                f"{b.schedule.name!r} depends on the total number of steps, so its first {a.steps} steps would "
+                f"differ in a {b.steps}-step run; only runs with a constant schedule can be extended. Start a "
+                f"new run with --steps {b.steps} instead")
+    return None
 
 
 def open_for_resume(run_dir: str | os.PathLike, config_dict: dict[str, Any], fingerprint: str) -> Checkpoint:
@@ -358,13 +389,16 @@ def open_for_resume(run_dir: str | os.PathLike, config_dict: dict[str, Any], fin
 
 
 def check_same_config(ckpt: Checkpoint, config_dict: dict[str, Any], run_dir: str | os.PathLike) -> None:
-    """Refuse to resume with a config other than the checkpoint's.
+    """Refuse to resume with a config other than the checkpoint's; a larger ``steps``
+    extends the run (constant learning-rate schedules only, see :func:`extension_problem`).
 
     Raises:
-        CheckpointError: listing every differing field (stored vs requested value).
+        CheckpointError: listing every differing field (stored vs requested value), or
+            why the run cannot be extended.
     """
     try:
         diffs = config_differences(ckpt.config, config_dict)
+        problem = None if diffs else extension_problem(ckpt.config, config_dict)
     except Exception as exc:  # a stored config this version cannot parse
         raise CheckpointError(
             f"the checkpoint in {str(run_dir)!r} holds a config this kdistill cannot read: {exc}"
@@ -373,9 +407,11 @@ def check_same_config(ckpt: Checkpoint, config_dict: dict[str, Any], run_dir: st
         raise CheckpointError(
             f"refusing to resume {str(run_dir)!r}: the requested config differs from the "
             f"checkpoint's in {len(diffs)} field(s): " + "; ".join(diffs)
-            + ". Resume with no config flags (or the same ones) to continue this run, or "
-            "start a new run in another directory"
+            + ". Resume with no config flags (or the same ones; a larger --steps extends the run) to "
+            "continue this run, or start a new run in another directory"
         )
+    if problem:
+        raise CheckpointError(f"refusing to extend {str(run_dir)!r}: {problem}")
 
 
 def ensure_no_checkpoint(run_dir: str | os.PathLike) -> None:
@@ -401,9 +437,16 @@ def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         CheckpointError: no readable checkpoint.
     """
     path = checkpoint_path(run_dir)
+    if not path.is_file() and (Path(run_dir) / "distilled.npz").is_file():
+        raise CheckpointError(
+            f"cannot resume or extend {str(run_dir)!r}: the run finished and its checkpoint was removed "
+            "(checkpoint_every = 0 keeps none after the results are written). To extend runs later, "
+            "distill with --checkpoint-every N (then the last checkpoint stays); here, start a new run"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"cannot resume: no checkpoint {str(path)!r} (a run writes one every "
-            "checkpoint_every steps and when interrupted by SIGINT/SIGTERM)"
+            "checkpoint_every steps and when interrupted by SIGINT/SIGTERM; a finished run keeps its last "
+            "one only with checkpoint_every > 0: distill with --checkpoint-every N to extend it later)"
         )
     return load_checkpoint(path)

@@ -45,8 +45,8 @@ PID_NAME = ".kdistill.pid"
 #: Names kdistill writes into a run directory (files, then directories); ``--overwrite``
 #: removes exactly these (and leftover ``*.tmp`` files of interrupted atomic writes).
 RUN_FILES = ("distilled.npz", "config.toml", "metrics.json", "grid.png", "checkpoint.npz",
-             "nn_*.json", "report.html", "report.md", "*.tmp", "steps.jsonl")
-RUN_DIRS = ("baselines", "report_files")
+             "nn_*.json", "eval_*.json", "report.html", "report.md", "*.tmp", "steps.jsonl")
+RUN_DIRS = ("baselines", "report_files", "tensorboard", "mlruns")
 
 MODES = ("new", "resume", "update")
 

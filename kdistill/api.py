@@ -44,6 +44,7 @@ def distill(
     run_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    progress: Any = None,
     **overrides: Any,
 ) -> DistilledSet:
     """Distill a dataset with KIP (or Label Solve if ``method="label-solve"``).
@@ -52,8 +53,15 @@ def distill(
         config: a DistillConfig, dict, TOML path, or None for the defaults (KIP with
             the FC1 NTK on the embedded digits data, JAX backend). With ``resume`` and
             no config, the checkpoint's own config.
-        data: an in-memory :class:`kdistill.datasets.Dataset` to use instead of
-            loading ``config.dataset`` (``dataset`` is the config field naming it).
+        data: in-memory data to use instead of loading ``config.dataset`` (``dataset``
+            is the config field naming a registered one): a
+            :class:`kdistill.datasets.Dataset`, a tuple ``(x_train, y_train, x_test,
+            y_test)`` or a dict with those keys (optionally ``name``, ``num_classes``,
+            ``class_names``, ``layout``). Images ``[N, H, W, C]`` (or ``[N, C, H, W]``
+            with ``layout="nchw"``, or ``[N, H, W]``) on the 0..255 scale, uint8 or
+            float; labels ``[N]`` integer class ids; see
+            :meth:`kdistill.datasets.Dataset.from_arrays`. E.g.
+            ``kdistill.distill(data=(x_train, y_train, x_test, y_test), ipc=1)``.
         callback: called after every step with ``{"step", "loss", ["eval_acc"]}``.
         run_dir: KIP run directory for ``checkpoint.npz``: written every
             ``checkpoint_every`` steps, after the last step (before the final
@@ -68,6 +76,13 @@ def distill(
         overwrite: replace a previous run in ``run_dir`` (its files, e.g. an old
             checkpoint or ``nn_*.json``, are removed before the first step). Files
             kdistill did not write are never removed.
+        progress: progress of every long phase (the steps ``"kip"``, ``"final
+            evaluation"``, ``"label solve"``; :mod:`kdistill.runtime.progress`). None
+            (default): tqdm bars on stderr when stderr is a terminal, none otherwise;
+            True: bars; False: none; a callable: called with one dict per update,
+            ``{"phase", "done", "total", "unit", ...}`` (``done``: int, never
+            decreasing within a phase, equal to ``total`` when the phase completes;
+            the steps add ``loss`` and, on evaluation steps, ``eval_acc``).
         **overrides: config fields, e.g. ``ipc=1, backend="torch", kernel="rbf"``.
     Returns:
         A :class:`DistilledSet` (``.save(path)`` writes the artifact).
@@ -94,7 +109,7 @@ def distill(
 
         config = read_checkpoint(run_dir).config
     return run(make_config(config, **overrides), data=data, callback=callback, run_dir=run_dir, resume=resume,
-               overwrite=overwrite)
+               overwrite=overwrite, progress=progress)
 
 
 def run(
@@ -109,6 +124,7 @@ def run(
     grid: bool = False,
     on_start: Callable[[DistillConfig, Any, list[str]], None] | None = None,
     write: Callable[[DistilledSet], None] | None = None,
+    progress: Any = "inherit",
 ) -> DistilledSet:
     """One run of ``config.method``: the single driver behind :func:`distill` and
     ``kdistill distill``.
@@ -126,6 +142,8 @@ def run(
         config: the run's config; data, callback, run_dir, resume, overwrite: as in
             :func:`distill`. what: how messages name ``run_dir`` (``--out``).
         grid: a ``grid.png`` will be written (free-space estimate).
+        progress: as in :func:`distill`; ``"inherit"`` (default) keeps the active
+            reporter (:func:`kdistill.runtime.progress.use_progress`, e.g. the CLI's bars).
     Returns:
         The :class:`DistilledSet`.
     Raises:
@@ -136,12 +154,18 @@ def run(
     from kdistill.core.registry import get_registry
     from kdistill.io.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
+    from kdistill.runtime.progress import make_reporter, use_progress
+
     _check_run_args(run_dir, resume, overwrite, callback, what)
+    inherit = isinstance(progress, str) and progress == "inherit"
+    reporter = None if inherit else make_reporter(progress)  # ConfigError before any work
     check_run_config(config)
     method = get_registry().get("methods", config.method).factory
     if resume and not getattr(method, "resumable", False):
         raise ConfigError(f"resume applies to KIP runs only; method {config.method!r} has no steps to resume")
     with contextlib.ExitStack() as stack:
+        if not inherit:
+            stack.enter_context(use_progress(reporter))
         lock = None
         if resume:
             lock = stack.enter_context(RunDirectory(run_dir, mode="resume", what=what))
@@ -175,11 +199,12 @@ def _check_run_args(run_dir, resume: bool, overwrite: bool, callback, what: str)
 
 
 def label_solve(
-    config: DistillConfig | dict | str | Path | None = None, *, data=None, **overrides: Any
+    config: DistillConfig | dict | str | Path | None = None, *, data=None, progress: Any = None, **overrides: Any
 ) -> DistilledSet:
     """Label Solve (Nguyen et al. 2021, ICLR): closed-form labels for real support images.
 
-    Same arguments as :func:`distill`; ``target_batch`` is the number of
-    class-balanced training targets the labels are solved against.
+    Same arguments as :func:`distill` (``progress``: the phases ``"label solve"`` and
+    ``"final evaluation"``); ``target_batch`` is the number of class-balanced training
+    targets the labels are solved against.
     """
-    return distill(config, data=data, method="label-solve", **overrides)
+    return distill(config, data=data, method="label-solve", progress=progress, **overrides)

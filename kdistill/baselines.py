@@ -93,22 +93,26 @@ def herding_select(features: np.ndarray, m: int) -> np.ndarray:
     return np.array(picked, np.int64)
 
 
-def herding_subset(x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:
-    """``[num_classes * ipc]`` indices: :func:`herding_select` within each class."""
+def herding_subset(x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int, progress=None) -> np.ndarray:
+    """``[num_classes * ipc]`` indices: :func:`herding_select` within each class.
+    ``progress``: optional callable, ``progress(1)`` after each class."""
     _check(x, y, num_classes, ipc)
     out = []
     for idx in class_indices(y, num_classes):
         out.append(idx[herding_select(x[idx].reshape(len(idx), -1), ipc)])
+        if progress is not None:
+            progress(1)
     return np.concatenate(out)
 
 
 def kmeans_centroids(
-    x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int, seed: int, n_init: int = 1
+    x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int, seed: int, n_init: int = 1, progress=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-class k-means centroids.
 
     Args:
         x: ``[n, H, W, C]`` (any trailing shape) float; y: ``[n]`` int class ids.
+        progress: optional callable, ``progress(1)`` after each class.
     Returns:
         ``(centroids [num_classes * ipc, H, W, C] float32, class_ids [num_classes * ipc] int64)``,
         grouped by class, each class's centroids in scikit-learn's cluster order.
@@ -122,12 +126,15 @@ def kmeans_centroids(
         km.fit(x[idx].reshape(len(idx), -1).astype(np.float64))
         cents.append(km.cluster_centers_.reshape(ipc, *x.shape[1:]).astype(np.float32))
         ids.append(np.full(ipc, c, np.int64))
+        if progress is not None:
+            progress(1)
     return np.concatenate(cents), np.concatenate(ids)
 
 
 def make_baseline(kind: str, data, ipc: int, seed: int, config: dict[str, Any],
-                  dataset_info: dict[str, Any] | None = None):
-    """A baseline :class:`DistilledSet` of ``ipc`` images per class.
+                  dataset_info: dict[str, Any] | None = None, progress=None):
+    """A baseline :class:`DistilledSet` of ``ipc`` images per class. ``progress``:
+    optional callable receiving the classes done (``num_classes`` in all).
 
     Args:
         kind: ``random``, ``kmeans`` or ``herding``.
@@ -148,12 +155,15 @@ def make_baseline(kind: str, data, ipc: int, seed: int, config: dict[str, Any],
     _check(data.x_train, data.y_train, data.num_classes, ipc)
     start = time.perf_counter()
     if kind == "kmeans":
-        images, class_ids = kmeans_centroids(data.x_train, data.y_train, data.num_classes, ipc, seed)
+        images, class_ids = kmeans_centroids(data.x_train, data.y_train, data.num_classes, ipc, seed,
+                                             progress=progress)
     else:
         if kind == "random":
             idx = random_subset(data.y_train, data.num_classes, ipc, seed)
+            if progress is not None:
+                progress(data.num_classes)
         else:
-            idx = herding_subset(data.x_train, data.y_train, data.num_classes, ipc)
+            idx = herding_subset(data.x_train, data.y_train, data.num_classes, ipc, progress=progress)
         images, class_ids = data.x_train[idx].astype(np.float32), data.y_train[idx].astype(np.int64)
     cfg = {**config, "ipc": int(ipc), "steps": 0, "learn_labels": False, "seed": int(seed)}
     return DistilledSet(
@@ -182,7 +192,8 @@ def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
             those the artifact was distilled from
             (:func:`kdistill.runtime.evaluate.prepare_with_transform`).
     Returns:
-        ``{kind: DistilledSet}``.
+        ``{kind: DistilledSet}``. Progress: the phase ``"baselines"`` of the active
+        reporter (:mod:`kdistill.runtime.progress`), one unit per class and kind.
     Raises:
         ConfigError: ``seed`` is not an integer in ``[0, 2**32 - 1]`` (checked first).
         DataError: see :func:`kdistill.runtime.evaluate.prepare_with_transform`.
@@ -200,4 +211,8 @@ def baselines_for(artifact, kinds=BASELINES, seed: int | None = None, data=None,
         raise DataError(f"the artifact has {n} images, not a multiple of {data.num_classes} classes")
     ipc = n // data.num_classes
     seed = artifact.seed if seed is None else seed
-    return {k: make_baseline(k, data, ipc, seed, config.to_dict(), artifact.dataset or data.info) for k in kinds}
+    from kdistill.runtime.progress import phase as progress_phase
+
+    with progress_phase("baselines", len(kinds) * data.num_classes, "class") as bar:
+        return {k: make_baseline(k, data, ipc, seed, config.to_dict(), artifact.dataset or data.info,
+                                 progress=bar.update) for k in kinds}

@@ -1,4 +1,10 @@
-"""Command line: ``kdistill distill``, ``evaluate`` (KRR or ``--nn``), ``baseline``, ``report``, ``plugins``."""
+"""Command line: ``kdistill distill``, ``evaluate`` (KRR or ``--nn``), ``baseline``, ``report``, ``plugins``.
+
+Messages go through the ``kdistill`` logger (:mod:`kdistill.log`) at the level of
+``kdistill -v/-q``; long phases show tqdm bars on stderr (:mod:`kdistill.runtime.progress`);
+``--json`` (``distill``, ``evaluate``, ``plugins``) prints one JSON object on stdout and
+nothing else there.
+"""
 
 from __future__ import annotations
 
@@ -27,13 +33,106 @@ def _fail(exc: Exception) -> None:
     sys.exit(2)
 
 
+def _say(text: str, as_json: bool = False, result: bool = False) -> None:
+    """Human output on stdout: none with ``--json``; with ``-q`` only ``result`` lines."""
+    from kdistill.log import cli_verbosity
+
+    if as_json or (not result and cli_verbosity() < 0):
+        return
+    click.echo(text)
+
+
+def _print_json(obj: dict) -> None:
+    """The one JSON object of ``--json`` on stdout."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def _bars(enabled: bool):
+    """The progress reporter of a command: tqdm bars on stderr unless ``--no-progress``
+    or ``-q``."""
+    from kdistill.log import cli_verbosity
+    from kdistill.runtime.progress import BarReporter
+
+    return BarReporter() if enabled and cli_verbosity() >= 0 else None
+
+
+json_option = click.option("--json", "as_json", is_flag=True, default=False,
+                           help="Print one JSON object (the summary) on stdout and nothing else there.")
+
+
 @click.group()
+@click.option("-v", "--verbose", count=True, help="More messages (-v: debug details).")
+@click.option("-q", "--quiet", count=True,
+              help="Fewer: -q hides progress bars and notes (warnings, errors and the result stay); "
+                   "-qq also warnings.")
 @click.version_option(package_name="kdistill")
-def main() -> None:
-    """kdistill: kernel-based dataset distillation (KIP, Label Solve)."""
+@click.pass_context
+def main(ctx, verbose: int = 0, quiet: int = 0) -> None:
+    """kdistill: kernel-based dataset distillation (KIP, RFAD, Label Solve).
+
+    KIP learns a small support set through kernel ridge regression under an exact
+    kernel (FC or ConvNet NTK/NNGP); RFAD is KIP with a random-feature ConvNet kernel
+    (`--kernel rf-convnet`); Label Solve solves for the labels of real images.
+    Messages go to stderr through Python logging (-v/-q), results to stdout (--json
+    for machine-readable output).
+    """
+    from kdistill.log import configure_cli
+
+    ctx.obj = {"verbosity": verbose - quiet}
+    configure_cli(verbose - quiet)
 
 
-@main.command()
+def config_field_docs() -> dict[str, str]:
+    """``{field: description}`` for every :class:`~kdistill.core.config.DistillConfig`
+    field, in field order, from the class's ``Attributes:`` docstring (fields documented
+    together, ``a, b: ...``, share the text; an undocumented field gets ``""``)."""
+    import re
+
+    import attrs
+
+    from kdistill.core.config import DistillConfig
+
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    lines = (DistillConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines()
+    for line in lines:
+        m = re.match(r"^ {8}([a-z_]+(?:, [a-z_]+)*): (.*)$", line)
+        if m:
+            names = m.group(1).split(", ")
+            for name in names:
+                docs[name] = m.group(2).strip()
+        elif names and re.match(r"^ {12}\S", line):
+            for name in names:
+                docs[name] += " " + line.strip()
+        elif line.strip():
+            names = []
+    return {f.name: docs.get(f.name, "").replace("``", "") for f in attrs.fields(DistillConfig)}
+
+
+def _config_fields_help() -> str:
+    """The epilog of ``distill --help``: every config field with its default and doc."""
+    import textwrap
+
+    import attrs
+
+    from kdistill.core.config import DistillConfig
+
+    defaults = DistillConfig().to_dict()
+    out = ["Config fields (keys of --config TOML files; set any with -s KEY=VALUE, components' "
+           "parameters with -s kernel.depth=2):", ""]
+    docs = config_field_docs()
+    for f in attrs.fields(DistillConfig):
+        default = defaults.get(f.name)
+        shown = json.dumps(default, default=str) if not isinstance(default, dict) else \
+            json.dumps(default.get("name", default))
+        text = f"{f.name} (default {shown}): {docs[f.name]}".rstrip(": ")
+        out.append("\b")
+        out.append(textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="      "))
+        out.append("")
+    return "\n".join(out)
+
+
+@main.command(epilog=_config_fields_help())
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--method", help="Outer-loop method: kip (default), label-solve, or a plugin's (see `kdistill plugins`).")
 @click.option("--dataset", help="Registered dataset name (see `kdistill plugins`). Default: digits.")
@@ -74,8 +173,11 @@ def main() -> None:
               help="Replace the previous run in --out (its files, nn_*.json and baselines/ included); "
                    "without it a non-empty run directory is refused.")
 @click.option("--grid/--no-grid", default=True, help="Write grid.png of the distilled images.")
-@click.option("--progress/--no-progress", default=True)
-def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=False, **flags: Any) -> None:
+@click.option("--progress/--no-progress", default=True,
+              help="Progress bars on stderr for the steps and every long phase (also off with -q).")
+@json_option
+def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=False, as_json=False,
+            **flags: Any) -> None:
     """Distill a dataset; writes distilled.npz, config.toml, metrics.json, grid.png.
 
     With no arguments: KIP with the FC1 NTK on the embedded digits data (about a
@@ -95,19 +197,24 @@ def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=Fa
     A component flag (--kernel, --solver, --loss, --eval-kernel, --optimizer, --schedule) naming the
     component the --config already has keeps its parameters; naming another one
     starts from that component's defaults, with a note saying which settings went.
+
+    Output: a header and the result on stdout; --json instead prints one JSON object
+    (run_dir, files, config, metrics as in metrics.json).
     """
     with contextlib.ExitStack() as stack:  # holds the run directory's lock
-        _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags)
+        _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags, as_json)
 
 
 class _WriteFailed(Exception):
     """Writing a finished run's files failed (the cause is chained)."""
 
 
-def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags) -> None:
+def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags, as_json=False) -> None:
     from kdistill.api import make_config, run
     from kdistill.io.checkpoint import read_checkpoint
     from kdistill.errors import ConfigError
+    from kdistill.log import logger
+    from kdistill.runtime.progress import use_progress
 
     try:
         overrides = {k: v for k, v in flags.items() if k in _FLAG_FIELDS and v is not None}
@@ -124,7 +231,7 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
         cfg = make_config(base).with_overrides(overrides, notices).with_overrides(list(sets), notices)
         if config_path is not None:
             for notice in notices:
-                click.secho(f"note: {notice}", fg="yellow", err=True)
+                logger.info(notice)
     except KdistillError as exc:
         _fail(exc)
     default_out = f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -132,13 +239,12 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
 
     def on_start(cfg, data, removed):
         if removed:
-            click.echo(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}", err=True)
-        click.echo(
+            logger.info(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
+        _say(
             f"{cfg.method} on {cfg.dataset} ({len(data.x_train)} train / {len(data.x_test)} test), "
             f"ipc={cfg.ipc}, kernel={cfg.kernel.name} {cfg.kernel.params}, backend={cfg.backend}"
-            + (f"; resuming {out} after step {resumed_step}" if resume_dir is not None else "")
+            + (f"; resuming {out} after step {resumed_step}" if resume_dir is not None else ""), as_json
         )
-        bar.start()
 
     def write(result):
         try:
@@ -146,12 +252,11 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
         except (KdistillError, OSError) as exc:
             raise _WriteFailed(str(exc)) from exc
 
-    bar = _Progress(cfg, progress)
-    stack.callback(bar.close)
     try:
-        result = run(cfg, callback=bar, run_dir=out, resume=resume_dir is not None, overwrite=overwrite,
-                     what="--resume" if resume_dir is not None else "--out", grid=grid, on_start=on_start,
-                     write=write)
+        with use_progress(_bars(progress)):  # the steps and every long phase (kdistill.runtime.progress)
+            result = run(cfg, run_dir=out, resume=resume_dir is not None, overwrite=overwrite,
+                         what="--resume" if resume_dir is not None else "--out", grid=grid, on_start=on_start,
+                         write=write)
     except RunInterrupted as exc:
         click.secho(f"stopped: {exc}", fg="yellow", err=True)
         sys.exit(128 + exc.signum)
@@ -161,11 +266,16 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
                           f"`kdistill distill --resume {out}` to write the results" if resume else ""))
     except KdistillError as exc:
         _fail(exc)
-    bar.close()
     m = result.metrics
+    if as_json:
+        files = [name for name in ("distilled.npz", "config.toml", "metrics.json", "grid.png")
+                 if (out / name).is_file()]
+        _print_json({"command": "distill", "run_dir": str(out), "artifact": str(out / "distilled.npz"),
+                     "files": [str(out / name) for name in files], "config": cfg.to_dict(), "metrics": m})
+        return
     if m.get("recoveries"):
         last = m["recoveries"][-1]
-        click.echo(f"numerical recoveries: {len(m['recoveries'])} (now ridge={last['ridge']:g}, lr={last['lr']:g})")
+        _say(f"numerical recoveries: {len(m['recoveries'])} (now ridge={last['ridge']:g}, lr={last['lr']:g})")
     init = "" if m.get("init_acc") is None else f"; initial support set {100 * m['init_acc']:.2f}%"
     n_test = f" ({m['n_test']} test images)" if m.get("n_test") and cfg.test_size else ""
     best = "" if m.get("best_step") is None else (
@@ -173,8 +283,8 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
     )
     vs = "" if m.get("random_acc") is None else f"  vs  random real subset {100 * m['random_acc']:.2f}%"
     took = "" if m.get("total_seconds") is None else f"  ({m['total_seconds']:.1f} s)"
-    click.echo(f"{best}KRR test accuracy{n_test}: distilled {100 * m['distilled_acc']:.2f}%{vs}{init}{took}")
-    click.echo(f"wrote {out}/")
+    _say(f"{best}KRR test accuracy{n_test}: distilled {100 * m['distilled_acc']:.2f}%{vs}{init}{took}", result=True)
+    _say(f"wrote {out}/", result=True)
 
 
 def _write_outputs(out: Path, cfg, result, grid: bool) -> None:
@@ -195,30 +305,6 @@ def _write_outputs(out: Path, cfg, result, grid: bool) -> None:
         )
 
 
-class _Progress:
-    """The KIP progress bar as a run callback: steps, loss and the last evaluation's
-    accuracy. :meth:`start` opens it (after the run's header); Label Solve has none."""
-
-    def __init__(self, cfg, enabled: bool):
-        self.cfg, self.enabled, self.bar, self.acc = cfg, enabled and cfg.method == "kip", None, "-"
-
-    def start(self) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.cfg.steps, disable=not self.enabled, desc="kip", unit="step", dynamic_ncols=True)
-
-    def __call__(self, info: dict) -> None:
-        if "eval_acc" in info:
-            self.acc = f"{100 * info['eval_acc']:.2f}%"
-        self.bar.set_postfix(loss=f"{info['loss']:.4g}", acc=self.acc, refresh=False)
-        self.bar.update(info["step"] - self.bar.n)  # a resumed run starts past 0
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 @main.command()
 @click.argument("artifact", type=click.Path(dir_okay=True))
 @click.option("--kernel", "kernel", help="Evaluation kernel name (default: the run's eval kernel).")
@@ -234,14 +320,21 @@ class _Progress:
               help="With --nn: protocol field, e.g. -p width=64 -p steps=500 -p loss=ce -p label_mode=argmax.")
 @click.option("--seeds", help="With --nn: comma-separated seeds (default 0,1,2).")
 @click.option("--out", "nn_out", type=click.Path(dir_okay=False),
-              help="With --nn: result JSON (default: nn_<model>.json beside the artifact).")
-@click.option("--progress/--no-progress", "nn_progress", default=True)
+              help="Result JSON (default: beside the artifact, eval_<kernel>.json for KRR, "
+                   "nn_<model>.json with --nn).")
+@click.option("--progress/--no-progress", "nn_progress", default=True,
+              help="Progress bar on stderr (also off with -q).")
 @threads_option
 @allow_data_mismatch_option
+@json_option
 def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_file=None, nn_sets=(),
-             seeds=None, nn_out=None, nn_progress=True, threads=None, allow_data_mismatch=False) -> None:
+             seeds=None, nn_out=None, nn_progress=True, threads=None, allow_data_mismatch=False,
+             as_json=False) -> None:
     """KRR test accuracy of ARTIFACT (a distilled.npz or its run directory); with
-    --nn convnet|fc, finite-network test accuracy (mean ± std over seeds) instead."""
+    --nn convnet|fc, finite-network test accuracy (mean ± std over seeds) instead.
+
+    The KRR result is written (sealed JSON) to eval_<kernel>.json beside the artifact
+    (or --out), under the run directory's lock; --json prints it on stdout."""
     if nn_model:
         from kdistill.nn.commands import evaluate_nn_command
 
@@ -256,16 +349,42 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
                 except KdistillError as exc:
                     _fail(exc)
             evaluate_nn_command(artifact, nn_model, protocol_file, nn_sets, seeds, data_dir, nn_out, nn_progress,
-                                threads, allow_data_mismatch)
+                                threads, allow_data_mismatch, as_json=as_json)
         return
-    from tqdm.auto import tqdm
-
     from kdistill.io.artifact import load
+    from kdistill.log import logger
     from kdistill.runtime.evaluate import evaluate_artifact
+    from kdistill.runtime.progress import use_progress
 
     path = Path(artifact)
     if path.is_dir():
         path = path / "distilled.npz"
+    with contextlib.ExitStack() as stack:
+        if nn_out is None and path.parent.is_dir():  # eval_<kernel>.json goes into the run directory
+            from kdistill.nn.commands import run_dir_lock
+
+            try:
+                stack.enter_context(run_dir_lock(path.parent))
+            except KdistillError as exc:
+                _fail(exc)
+        res, target = _evaluate_krr(path, kernel, data_dir, backend, sets, nn_out, nn_progress, threads,
+                                    allow_data_mismatch, logger, load, evaluate_artifact, use_progress)
+    if as_json:
+        _print_json(res)
+        return
+    _say(
+        f"{res['n_support']} support examples, kernel {res['eval_kernel']}, {res['n_test']} test images\n"
+        f"KRR test accuracy: distilled {100 * res['distilled_acc']:.2f}%  vs  random real subset "
+        f"{100 * res['random_acc']:.2f}%", result=True
+    )
+    _say(f"wrote {target}", result=True)
+
+
+def _evaluate_krr(path, kernel, data_dir, backend, sets, out, progress, threads, allow_data_mismatch, logger, load,
+                  evaluate_artifact, use_progress):
+    """``kdistill evaluate`` without --nn: the result dict and the path of its sealed JSON."""
+    from kdistill.io.safeio import write_json_sealed
+
     try:
         art = load(path)
         overrides: dict[str, Any] = {}
@@ -283,29 +402,83 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
         notices: list[str] = []
         cfg = DistillConfig.from_dict(art.config).with_overrides(overrides, notices)  # validates -s values
         for notice in notices:
-            click.secho(f"note: {notice}", fg="yellow", err=True)
-        n_test = art.dataset.get("n_test")
-        if n_test and cfg.test_size:
-            n_test = min(n_test, cfg.test_size)
-        # both passes (distilled set, random real subset) advance the bar per block of
-        # test images, so tqdm's remaining-time estimate holds for slow kernels too
-        total = 2 * n_test if n_test else None
-        with tqdm(total=total, desc="evaluate (distilled + random subset)", unit="img", dynamic_ncols=True) as bar:
-            res = evaluate_artifact(art, overrides, progress=bar.update, check_data=not allow_data_mismatch)
-    except KdistillError as exc:
+            logger.info(notice)
+        # both passes (distilled set, random real subset) advance the bar in kernel rows
+        # (support + test), per tile for slow kernels, so the remaining-time estimate holds
+        with use_progress(_bars(progress)):
+            res = evaluate_artifact(art, overrides, check_data=not allow_data_mismatch)
+        res = {"command": "evaluate", "artifact": str(path), **res,
+               "config": {k: v for k, v in cfg.to_dict().items() if k in ("eval_kernel", "ridge", "test_size",
+                                                                          "backend", "dtype", "solver")}}
+        target = Path(out) if out else path.parent / f"eval_{res['eval_kernel']['name']}.json"
+        res["result_file"] = str(target)
+        write_json_sealed(target, res)
+    except (KdistillError, OSError) as exc:
         _fail(exc)
-    click.echo(
-        f"{res['n_support']} support examples, kernel {res['eval_kernel']}, {res['n_test']} test images\n"
-        f"KRR test accuracy: distilled {100 * res['distilled_acc']:.2f}%  vs  random real subset "
-        f"{100 * res['random_acc']:.2f}%"
-    )
+    return res, target
+
+
+def component_params(factory) -> list[dict[str, Any]]:
+    """The parameters of a registered component: ``[{"name", "type", "default"}]``.
+
+    From the attrs fields of a component class (those set at construction), else from
+    the signature of a factory function (a dataset loader, a method); ``type`` is the
+    annotation as written (``""`` if none), ``default`` the default value (JSON-safe:
+    numbers, strings, booleans, None, lists; others as their repr) or ``"required"``
+    when there is none. Methods' uniform arguments (config, comps, data, ...) and
+    ``*args``/``**kwargs`` are left out.
+    """
+    import inspect
+
+    import attrs
+
+    def show(value):
+        if value is attrs.NOTHING or value is inspect.Parameter.empty:
+            return "required"
+        if isinstance(value, attrs.Factory):
+            try:
+                value = value.factory() if not value.takes_self else "(computed)"
+            except Exception:
+                return "(computed)"
+        try:
+            json.dumps(value)
+            return value
+        except (TypeError, ValueError):
+            return repr(value)
+
+    def type_name(t) -> str:
+        if t is None or t is inspect.Parameter.empty:
+            return ""
+        return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+    if isinstance(factory, type) and attrs.has(factory):
+        return [{"name": f.alias or f.name, "type": type_name(f.type), "default": show(f.default)}
+                for f in attrs.fields(factory) if f.init]
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    skip = {"config", "comps", "data", "callback", "run_dir", "resume", "self"}
+    return [{"name": n, "type": type_name(p.annotation), "default": show(p.default)}
+            for n, p in sig.parameters.items()
+            if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _params_text(params: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p['name']}: {p['type'] or 'any'} = {json.dumps(p['default'], default=str)}"
+                     if p["default"] != "required" else f"{p['name']}: {p['type'] or 'any'} (required)"
+                     for p in params)
 
 
 @main.command()
-def plugins() -> None:
-    """List every backend, kernel, solver, loss, dataset and architecture, and where it
-    comes from; then any plugin that was skipped (broken) or component refused (name
-    clash), with the reason."""
+@json_option
+def plugins(as_json: bool = False) -> None:
+    """List every component of every kind (backends, kernels, solvers, losses, optimizers,
+    schedules, datasets, architectures, methods, callbacks), where it comes from and its
+    parameters with types and defaults; then any plugin that was skipped (broken) or
+    component refused (name clash), with the reason. --json: the same as one JSON
+    object, {"components": {kind: [{name, package, version, plugin, builtin,
+    description, params: [{name, type, default}]}]}, "problems": [...]}."""
     import warnings
 
     from kdistill.core.registry import PluginWarning, get_registry
@@ -316,13 +489,25 @@ def plugins() -> None:
             reg = get_registry()
     except KdistillError as exc:
         _fail(exc)
-    from kdistill.core.registry import SINGULAR
+    from kdistill.core.registry import KINDS, SINGULAR
 
+    if as_json:
+        comps: dict[str, list] = {kind: [] for kind in KINDS}
+        for r in reg.entries():
+            comps.setdefault(r.kind, []).append({
+                "name": r.name, "package": r.package, "version": r.version, "plugin": r.plugin,
+                "builtin": r.builtin, "description": r.description, "params": component_params(r.factory)})
+        _print_json({"command": "plugins", "components": comps,
+                     "problems": [{"status": p.status, "plugin": p.plugin, "package": p.package,
+                                   "version": p.version, "reason": p.reason} for p in reg.problems]})
+        return
     rows = [(SINGULAR[r.kind], r.name, f"{r.package} {r.version}", r.description) for r in reg.entries()]
+    params = [_params_text(component_params(r.factory)) for r in reg.entries()]
     widths = [max(len(row[i]) for row in rows + [("kind", "name", "package", "")]) for i in range(3)]
     click.echo(f"{'kind':<{widths[0]}}  {'name':<{widths[1]}}  {'package':<{widths[2]}}  description")
-    for row in rows:
-        click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    for row, text in zip(rows, params):  # one line per component (scripts split them)
+        click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}"
+                   + (f"  [{text}]" if text else ""))
     if reg.problems:
         click.echo("\nskipped:")
         rows = [(p.status, p.plugin, f"{p.package} {p.version}", p.reason) for p in reg.problems]
@@ -340,6 +525,10 @@ def _add_nn_commands() -> None:
 
 
 _add_nn_commands()
+
+from kdistill.interop.commands import add_interop_commands  # noqa: E402
+
+add_interop_commands(main)
 
 
 if __name__ == "__main__":

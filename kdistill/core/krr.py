@@ -227,6 +227,7 @@ def krr_predict(
     dtype: str = "float32",
     block_size: int = BLOCK_SIZE,
     progress=None,
+    count_support: bool = False,
 ) -> np.ndarray:
     """KRR predictions of a support set on targets.
 
@@ -236,6 +237,12 @@ def krr_predict(
         x_t: ``[n_t, ...]`` targets, predicted ``block_size`` rows at a time.
         ridge: relative ridge; dtype: dtype of the kernel computation.
         progress: optional callable ``progress(n_rows_done)`` after each block.
+        count_support: progress also counts the support's own kernel rows, so the
+            calls add up to ``n_s + n_t`` rows of ``n_s`` kernel entries each (equal work
+            per row): first ``n_s`` for ``K_ss`` (the fit), then the target blocks. Kernels
+            that report their tiles (:func:`kdistill.runtime.progress.report_pairs`, e.g. the
+            exact ConvNet kernel) advance it per tile, with fractional row counts
+            (floats); the others once after the fit and once per block.
     Returns:
         ``[n_t, C]`` float64 predictions.
     Raises:
@@ -253,12 +260,33 @@ def krr_predict(
     hint = kernel.rows_per_block(len(x_s), tuple(x_s.shape[1:]))
     if hint:  # slow kernels (e.g. convnet) ask for smaller blocks: progress per block
         block_size = max(1, min(block_size, int(hint)))
-    predictor = solver.fit(kernel, b.asarray(x_s, dtype), b.asarray(y_s, "float64"), ridge)
-    out = np.empty((len(x_t), y_s.shape[1]), dtype=np.float64)
-    for sl in iter_blocks(len(x_t), block_size):
-        out[sl] = check_finite(b.to_numpy(predictor(b.asarray(x_t[sl], dtype))), "KRR predictions", ridge, dtype)
-        if progress is not None:
-            progress(sl.stop - sl.start)
+    n_s, sent = len(x_s), [0.0]  # rows reported by kernel tiles since the last top-up
+
+    def on_pairs(pairs: int) -> None:
+        rows = pairs / n_s
+        sent[0] += rows
+        progress(rows)
+
+    def top_up(rows: int) -> None:  # the rest of ``rows`` that tiles did not report
+        rest, sent[0] = max(0.0, rows - sent[0]), 0.0
+        if rest:
+            progress(rest)
+
+    from kdistill.runtime.progress import listen_pairs
+
+    with listen_pairs(on_pairs if progress is not None and count_support else None):
+        predictor = solver.fit(kernel, b.asarray(x_s, dtype), b.asarray(y_s, "float64"), ridge)
+        if progress is not None and count_support:
+            top_up(n_s)
+        out = np.empty((len(x_t), y_s.shape[1]), dtype=np.float64)
+        for sl in iter_blocks(len(x_t), block_size):
+            out[sl] = check_finite(b.to_numpy(predictor(b.asarray(x_t[sl], dtype))), "KRR predictions", ridge,
+                                   dtype)
+            if progress is not None:
+                if count_support:
+                    top_up(sl.stop - sl.start)
+                else:
+                    progress(sl.stop - sl.start)
     _check_ties(out, kernel, y_s)
     return out
 

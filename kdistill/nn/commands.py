@@ -33,9 +33,26 @@ def _fail(exc: Exception) -> None:
 
 
 def _warn_old_thread_variable() -> None:
+    from kdistill.log import logger
+
     if "KDISTILL_TORCH_THREADS" in os.environ:
-        click.secho("warning: KDISTILL_TORCH_THREADS is no longer read; use --threads N "
-                    "(torch, BLAS and XLA alike)", fg="yellow", err=True)
+        logger.warning("KDISTILL_TORCH_THREADS is no longer read; use --threads N (torch, BLAS and XLA alike)")
+
+
+def _say(text: str, as_json: bool = False, result: bool = False) -> None:
+    """Human output on stdout: none with ``--json``; with ``-q`` only ``result`` lines."""
+    from kdistill.log import cli_verbosity
+
+    if as_json or (not result and cli_verbosity() < 0):
+        return
+    click.echo(text)
+
+
+def format_mean_std(values: list[float], mean: float, std: float) -> str:
+    """``"97.20 ± 0.31%"`` in percent, or ``"97.20%"`` for a single value (no spread to show)."""
+    if len(values) <= 1:
+        return f"{100 * mean:.2f}%"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}%"
 
 
 def run_dir_lock(run_dir: Path):
@@ -129,8 +146,10 @@ allow_data_mismatch_option = click.option(
 
 
 def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds, data_dir, out, progress,
-                        threads: int | None = None, allow_data_mismatch: bool = False) -> dict:
-    """Train the protocol's networks on ARTIFACT, print mean ± std, write the JSON result.
+                        threads: int | None = None, allow_data_mismatch: bool = False, as_json: bool = False) -> dict:
+    """Train the protocol's networks on ARTIFACT, print mean ± std (just the accuracy for
+    one seed), write the JSON result; ``as_json``: print the result as JSON on stdout
+    instead (nothing else there). No bar with ``progress=False`` or ``kdistill -q``.
 
     The result goes to ``--out`` or ``<artifact dir>/nn_<model>.json``. ``threads`` sets
     torch's and BLAS's thread count (:func:`kdistill.runtime.threads.apply_threads`; 1 is
@@ -158,9 +177,12 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
         apply_threads(threads)
         art = load(path)
         protocol = load_protocol(model, protocol_file, nn_sets, seeds)
-        click.echo(f"protocol: {protocol.describe()}")
+        _say(f"protocol: {protocol.describe()}", as_json)
         total = protocol.steps * len(protocol.seeds)
-        with tqdm(total=total, desc=f"nn {model}", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        from kdistill.log import cli_verbosity, logger
+
+        show = progress and cli_verbosity() >= 0
+        with tqdm(total=total, desc=f"nn {model}", unit="step", disable=not show, dynamic_ncols=True) as bar:
             def cb(i, done):
                 bar.update(i * protocol.steps + done - bar.n)
             with warnings.catch_warnings(record=True) as caught:
@@ -168,17 +190,23 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
                 res = evaluate_nn(art, protocol, overrides={"data_dir": data_dir} if data_dir else None,
                                   progress=cb, check_data=not allow_data_mismatch)
             for w in caught:
-                click.secho(f"warning: {w.message}", fg="yellow", err=True)
+                logger.warning(str(w.message))
         res["artifact"] = str(path)
         res["command"] = " ".join(["kdistill", *sys.argv[1:]]) if sys.argv else ""
         target = Path(out) if out else path.parent / f"nn_{model}.json"
         write_json_sealed(target, res)
     except (KdistillError, OSError, ValueError) as exc:
         _fail(exc)
+    if as_json:
+        click.echo(json.dumps({"command": "evaluate", **res, "result_file": str(target)}, indent=2, default=str))
+        return res
     accs = ", ".join(f"{100 * a:.2f}" for a in res["test_acc"])
-    click.echo(f"{res['support']['n']} support examples, {res['n_test']} test images, {len(res['test_acc'])} seeds\n"
-               f"NN ({model}) test accuracy: {100 * res['mean']:.2f} ± {100 * res['std']:.2f}%  "
-               f"[{accs}]  ({res['seconds']:.0f} s)\nwrote {target}")
+    n_seeds = len(res["test_acc"])
+    each = f"  [{accs}]" if n_seeds > 1 else ""
+    _say(f"{res['support']['n']} support examples, {res['n_test']} test images, {n_seeds} "
+         f"seed{'s' if n_seeds != 1 else ''}", as_json)
+    _say(f"NN ({model}) test accuracy: {format_mean_std(res['test_acc'], res['mean'], res['std'])}"
+         f"{each}  ({res['seconds']:.0f} s)\nwrote {target}", result=True)
     return res
 
 
@@ -192,7 +220,8 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
               help="Directory for <kind>/distilled.npz. Default: <artifact dir>/baselines.")
 @threads_option
 @allow_data_mismatch_option
-def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_mismatch) -> None:
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (also off with -q).")
+def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_mismatch, progress=True) -> None:
     """Build random / k-means / herding baselines the size of ARTIFACT's support set.
 
     Each is a distilled.npz in the artifact's preprocessed space with centered one-hot
@@ -201,6 +230,8 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_misma
     """
     from kdistill.baselines import BASELINES, baselines_for
     from kdistill.io.artifact import load
+    from kdistill.log import cli_verbosity
+    from kdistill.runtime.progress import BarReporter, use_progress
 
     path = _artifact_path(artifact)
     try:
@@ -209,9 +240,11 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_misma
                 stack.enter_context(run_dir_lock(path.parent))
             apply_threads(threads)
             art = load(path)
-            sets = baselines_for(art, kinds or BASELINES, seed=seed,
-                                 overrides={"data_dir": data_dir} if data_dir else None,
-                                 check_data=not allow_data_mismatch)
+            # a bar per class and kind (k-means and herding take a while on full datasets)
+            with use_progress(BarReporter() if progress and cli_verbosity() >= 0 else None):
+                sets = baselines_for(art, kinds or BASELINES, seed=seed,
+                                     overrides={"data_dir": data_dir} if data_dir else None,
+                                     check_data=not allow_data_mismatch)
             root = Path(out_dir) if out_dir else path.parent / "baselines"
             for kind, ds in sets.items():
                 ds.save(root / kind / "distilled.npz")
@@ -241,6 +274,8 @@ def report(run_dir, title) -> None:
             paths = build_report(run_dir, title=title)
     except (KdistillError, OSError) as exc:
         _fail(exc)
+    from kdistill.log import logger
+
     for message in paths["warnings"]:
-        click.secho(f"warning: {message}", fg="yellow", err=True)
+        logger.warning(message)
     click.echo(f"wrote {paths['html']} and {paths['markdown']}")

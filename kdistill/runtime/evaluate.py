@@ -12,6 +12,7 @@ from kdistill.runtime.components import PreparedData, build_components, load_dat
 from kdistill.core.config import DistillConfig
 from kdistill.datasets.fingerprint import data_differences
 from kdistill.errors import DataError
+from kdistill.runtime.progress import phase as progress_phase
 from kdistill.runtime.support import evaluate_support, random_baseline
 
 
@@ -75,7 +76,12 @@ def evaluate_artifact(
             ``["data_dir=..."]`` or ``["backend=torch"]``.
         progress: optional callable ``progress(rows_done)``, called after every block of
             test rows of both passes (distilled set, then the random subset: ``2 * n_test``
-            rows in all).
+            rows in all). Independently of it, the work is reported as the phase
+            ``"evaluate"`` to the active progress reporter
+            (:func:`kdistill.runtime.progress.use_progress`; the CLI's bar): in kernel rows,
+            ``n_s + n_test`` per pass (:func:`kdistill.runtime.support.evaluation_rows`),
+            per kernel tile for the exact ConvNet kernel (``2 * n_test`` target rows
+            when ``progress`` is given).
         check_data: refuse (True, default) or only warn about (False) data that differ
             from those the artifact was distilled from (see :func:`prepare_with_transform`).
     Returns:
@@ -90,13 +96,22 @@ def evaluate_artifact(
     data = prepare_with_transform(config, artifact, check_data=check_data)
     ipc = len(artifact.images) // data.num_classes
     config = attrs.evolve(config, ipc=max(ipc, 1))
-    acc = evaluate_support(comps, config, data, artifact.images, artifact.labels, limit=config.test_size,
-                           progress=progress)
-    out = {
-        "distilled_acc": acc,
-        "eval_kernel": (config.eval_kernel or config.kernel).to_dict(),
-        "n_support": int(len(artifact.images)),
-        "n_test": int(len(data.x_test[: config.test_size])),
-    }
-    out.update(random_baseline(comps, config, data, progress=progress))
+    n_test = int(len(data.x_test[: config.test_size]))
+    legacy = progress is not None
+    total = 2 * n_test if legacy else (len(artifact.images) + n_test) + (config.ipc * data.num_classes + n_test)
+    with progress_phase("evaluate", total, "row") as bar:
+        def report(rows):
+            bar.update(rows)
+            if legacy:
+                progress(rows)
+
+        acc = evaluate_support(comps, config, data, artifact.images, artifact.labels, limit=config.test_size,
+                               progress=report, count_support=not legacy)
+        out = {
+            "distilled_acc": acc,
+            "eval_kernel": (config.eval_kernel or config.kernel).to_dict(),
+            "n_support": int(len(artifact.images)),
+            "n_test": n_test,
+        }
+        out.update(random_baseline(comps, config, data, progress=report, count_support=not legacy))
     return out

@@ -6,7 +6,9 @@
 - :class:`CallbackHook`: a user's ``callback(info)`` (progress bars, tracking);
 - :class:`Checkpoints`: ``checkpoint.npz`` every ``checkpoint_every`` steps and on
   SIGINT/SIGTERM (then :class:`~kdistill.errors.RunInterrupted`);
-- :class:`StopConditions`: ``time_limit`` and ``patience``.
+- :class:`StopConditions`: ``time_limit`` and ``patience``;
+- :class:`ProgressHook`: the steps as the progress phase ``"kip"``
+  (:mod:`kdistill.runtime.progress`: a bar on the CLI, or a user's ``progress`` callable).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import attrs
 
 from kdistill.core.loop import Best, KIPRun, RunHook
 from kdistill.errors import RunInterrupted
+from kdistill.runtime.progress import Phase
+from kdistill.runtime.progress import phase as progress_phase
 from kdistill.runtime.support import score_support
 
 
@@ -109,3 +113,31 @@ class StopConditions(RunHook):
         return (bool(config.time_limit) and run.elapsed >= config.time_limit) or bool(
             config.patience and run.best.since >= config.patience
         )
+
+
+@attrs.define
+class ProgressHook(RunHook):
+    """Reports the steps of a run as the progress phase ``"kip"`` (``config.steps``
+    steps; a resumed run starts at its step) with the step's ``loss`` and, on evaluation
+    steps, ``eval_acc``. Add it after :class:`Evaluation`, which sets ``eval_acc``."""
+
+    bar: Phase
+
+    @classmethod
+    def open(cls, run: KIPRun) -> "ProgressHook":
+        """Open the phase on the active reporter (:func:`kdistill.runtime.progress.phase`)."""
+        hook = cls(progress_phase("kip", run.config.steps, "step"))
+        if run.step:
+            hook.bar.set(run.step)
+        return hook
+
+    def after_step(self, run, info):
+        extra = {"loss": info["loss"]}
+        if "eval_acc" in info:
+            extra["eval_acc"] = info["eval_acc"]
+        self.bar.set(info["step"], **extra)
+
+    def close(self, run: KIPRun) -> None:
+        """End the phase: complete when every step was taken (a stop by ``time_limit``
+        or ``patience`` ends it where it stopped)."""
+        self.bar.close(complete=run.step >= run.config.steps)

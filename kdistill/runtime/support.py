@@ -17,12 +17,22 @@ from kdistill.io.artifact import DistilledSet
 from kdistill.runtime.components import Components, PreparedData
 
 
-def score_support(kernel, comps: Components, config: DistillConfig, images, labels, x, y, progress=None) -> float:
+def score_support(kernel, comps: Components, config: DistillConfig, images, labels, x, y, progress=None,
+                  count_support: bool = False) -> float:
     """KRR accuracy (fraction in [0, 1]) of the support set ``images [n_s, ...]``,
     ``labels [n_s, C]`` on examples ``x [n, ...]`` with class ids ``y [n]``, under
-    ``kernel`` and the run's solver and ridge."""
-    pred = krr_predict(kernel, comps.solver, images, labels, x, config.ridge, config.dtype, progress=progress)
+    ``kernel`` and the run's solver and ridge. ``progress``, ``count_support``: as in
+    :func:`kdistill.core.krr.krr_predict`."""
+    pred = krr_predict(kernel, comps.solver, images, labels, x, config.ridge, config.dtype, progress=progress,
+                       count_support=count_support)
     return accuracy(pred, y)
+
+
+def evaluation_rows(n_support: int, n_test: int, passes: int = 2) -> int:
+    """Work of ``passes`` KRR evaluations, in kernel rows of ``n_support`` entries: each
+    pass computes ``K_ss`` (``n_support`` rows) and ``K_ts`` (``n_test`` rows). The total
+    of a progress phase over :func:`evaluate_support` with ``count_support=True``."""
+    return passes * (int(n_support) + int(n_test))
 
 
 def split_validation(config: DistillConfig, data: PreparedData) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -76,6 +86,7 @@ def evaluate_support(
     labels: np.ndarray,
     limit: int | None = None,
     progress=None,
+    count_support: bool = False,
 ) -> float:
     """KRR test accuracy of a support set under the evaluation kernel.
 
@@ -83,21 +94,25 @@ def evaluate_support(
         images: ``[n_s, H, W, C]``; labels: ``[n_s, C]``.
         limit: use only the first ``limit`` test examples (None = all).
         progress: optional callable ``progress(rows_done)`` after each block of test rows.
+        count_support: progress also counts the ``n_s`` rows of ``K_ss``, per kernel tile
+            where the kernel reports tiles (:func:`kdistill.core.krr.krr_predict`).
     """
-    return score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit], data.y_test[:limit], progress)
+    return score_support(comps.eval_kernel, comps, config, images, labels, data.x_test[:limit], data.y_test[:limit],
+                         progress, count_support)
 
 
-def random_baseline(comps: Components, config: DistillConfig, data: PreparedData, progress=None) -> dict[str, Any]:
+def random_baseline(comps: Components, config: DistillConfig, data: PreparedData, progress=None,
+                    count_support: bool = False) -> dict[str, Any]:
     """KRR test accuracy of a random class-balanced real subset of the same size.
 
     The subset is drawn with seed ``config.seed + 1`` (independent of the support
     initialization) and scored with the same evaluation kernel, solver and ridge.
-    ``progress``: optional callable ``progress(rows_done)`` after each test block.
+    ``progress``, ``count_support``: as in :func:`evaluate_support`.
     """
     rng = np.random.default_rng(config.seed + 1)
     idx = balanced_subset(data.y_train, data.num_classes, config.ipc, rng)
     acc = evaluate_support(comps, config, data, data.x_train[idx], data.Y_train[idx], limit=config.test_size,
-                           progress=progress)
+                           progress=progress, count_support=count_support)
     return {"random_acc": acc}
 
 

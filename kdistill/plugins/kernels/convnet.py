@@ -83,6 +83,7 @@ from kdistill.core.validators import boolean, kernel_kind, nonneg, positive, pos
 from kdistill.errors import ConfigError
 from kdistill.ops.arccos import relu_layer
 from kdistill.ops.convnet import READOUTS, AvgPool, Conv, ConvNetSpec, Readout, Relu, readout_name
+from kdistill.runtime.progress import pairs_listened, report_pairs
 
 __all__ = ["ConvNetKernel", "ConvNetNoPoolKernel", "COMPILE_AFTER", "READOUTS"]
 
@@ -392,8 +393,18 @@ class ConvNetKernel(Kernel):
         v1 = self._variances(x1)
         v2 = v1 if x2 is x1 else self._variances(x2)
         rows = []
+        listened = not self._traced(x1, x2) and pairs_listened()
         for i in range(0, n1, b1):
-            rows.append([self._run_tile(tile, prep1, prep2, v1, v2, i, j, b1, b2) for j in range(0, n2, b2)])
+            row = []
+            for j in range(0, n2, b2):
+                row.append(self._run_tile(tile, prep1, prep2, v1, v2, i, j, b1, b2))
+                if listened:  # progress per tile: wait for it (JAX dispatches asynchronously)
+                    for o in row[-1]:
+                        wait = getattr(o, "block_until_ready", None)
+                        if wait is not None:
+                            wait()
+                    report_pairs(min(b1, n1 - i) * min(b2, n2 - j))
+            rows.append(row)
         outs = []
         for o in range(1 if self.kind == "nngp" else 2):
             blocks = [[c[o] for c in r] for r in rows]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -35,9 +36,18 @@ from kdistill.errors import CheckpointError, RunInterrupted
 from kdistill.io.artifact import DistilledSet
 from kdistill.io.checkpoint import checkpoint_path, data_fingerprint, ensure_no_checkpoint, open_for_resume
 from kdistill.runtime.components import Components, PreparedData
-from kdistill.runtime.hooks import CallbackHook, Checkpoints, Evaluation, StopConditions
+from kdistill.runtime.hooks import CallbackHook, Checkpoints, Evaluation, ProgressHook, StopConditions
+from kdistill.runtime.progress import active as active_progress
+from kdistill.runtime.progress import phase as progress_phase
 from kdistill.runtime.signals import InterruptNow, StopRequest
-from kdistill.runtime.support import evaluate_support, init_support, make_result, random_baseline, split_validation
+from kdistill.runtime.support import (
+    evaluate_support,
+    evaluation_rows,
+    init_support,
+    make_result,
+    random_baseline,
+    split_validation,
+)
 
 
 def run_kip(
@@ -84,13 +94,20 @@ def run_kip(
         run.stop_reason = "resumed after its stop"
     with StopRequest(enabled=run_dir is not None) as stop:
         hooks: list[RunHook] = [evaluation]
+        steps_bar = ProgressHook.open(run) if active_progress() is not None else None
+        if steps_bar is not None:
+            hooks.append(steps_bar)
         if callback is not None:
             hooks.append(CallbackHook(callback))
         hooks.extend(comps.callbacks)  # registered run callbacks (tracking, logging)
         if run_dir is not None:
             hooks.append(Checkpoints(stop))
         hooks.append(StopConditions(evaluation))
-        drive(run, hooks)
+        try:
+            drive(run, hooks)
+        finally:
+            if steps_bar is not None:
+                steps_bar.close(run)
         train_seconds = run.seconds()
         final_step = run.step
         if run_dir is not None and (run.last_saved != final_step or run.stop_reason is not None):
@@ -124,7 +141,10 @@ def run_kip(
     metrics["total_seconds"] = run.seconds()
     loss_params = {k[5:]: v for k, v in final_params.items() if k.startswith("loss/")}
     images, labels = final_params["x_s"], final_params.get("y_s", run.labels)
-    return make_result(config, data, images, labels, run.class_ids, metrics, history, loss_params)
+    result = make_result(config, data, images, labels, run.class_ids, metrics, history, loss_params)
+    for hook in comps.callbacks:  # run callbacks' end of run (RunHook.after_run)
+        hook.after_run(run, result)
+    return result
 
 
 def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPRun:
@@ -138,6 +158,8 @@ def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPR
         if run_dir is None:
             raise CheckpointError("resume=True needs the run directory of the checkpoint (run_dir)")
         saved = open_for_resume(run_dir, config.to_dict(), fingerprint)
+        if config.steps > DistillConfig.from_dict(saved.config).steps:
+            _extend(saved, config, valid)
         rng.bit_generator.state = saved.rng_state
         best = Best(params=saved.best, step=saved.best_step, acc=saved.best_acc)
         if saved.best_step is not None:
@@ -163,22 +185,51 @@ def _start(config, comps, data, run_dir, resume: bool, fingerprint: str) -> KIPR
     return run
 
 
+def _extend(saved, config: DistillConfig, valid) -> None:
+    """Prepare the checkpoint of a run of ``M`` steps to continue to ``config.steps > M``
+    (``kdistill distill --resume DIR --steps N``; the config check allows exactly
+    ``steps`` to grow, with a constant learning-rate schedule).
+
+    The old run evaluated after its last step ``M`` even when ``M`` is not a multiple of
+    ``eval_every``; an uninterrupted run of ``config.steps`` would not have, so that
+    evaluation is dropped from the history and the extended run equals the
+    uninterrupted one bit for bit (support set, labels, losses and evaluations). With a
+    validation split where that evaluation chose the best set, it is kept (the earlier
+    best is not in the checkpoint) and a warning says the result may differ.
+    """
+    old_steps, every, hist = DistillConfig.from_dict(saved.config).steps, config.eval_every, saved.history
+    if not (every and old_steps % every and hist["eval_step"][-1:] == [old_steps] and saved.step == old_steps):
+        return
+    if valid is not None and saved.best_step == old_steps:
+        warnings.warn(f"extending a run whose best validation set is from the evaluation after its last step "
+                      f"({old_steps}, not a multiple of eval_every={every}): that evaluation stays, so the "
+                      f"returned set may differ from an uninterrupted {config.steps}-step run", RuntimeWarning,
+                      stacklevel=3)
+        return
+    for key in ("eval_step", "eval_acc", "eval_seconds"):
+        hist[key].pop()
+
+
 def _final_metrics(run: KIPRun, train_seconds: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The returned support set (the best by validation accuracy if there is one, else
     the last) scored on the test set, and the random-subset baseline."""
     config, comps, data, history = run.config, run.comps, run.data, run.history
     final_params = run.best.params if run.best.step is not None else run.params()
     images, labels = final_params["x_s"], final_params.get("y_s", run.labels)
-    metrics = {
-        "method": "kip",
-        "distilled_acc": evaluate_support(comps, config, data, images, labels, limit=config.test_size),
-        "n_test": int(len(data.x_test[: config.test_size])),
-        "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and run.valid is None else None,
-        "train_seconds": train_seconds,
-        "final_loss": history["loss"][-1] if history["loss"] else None,
-        "recoveries": list(run.guard.events),
-    }
-    metrics.update(random_baseline(comps, config, data))
+    n_test = int(len(data.x_test[: config.test_size]))
+    # progress in kernel rows (support + test, both passes), per tile for slow kernels
+    with progress_phase("final evaluation", evaluation_rows(len(images), n_test), "row") as bar:
+        metrics = {
+            "method": "kip",
+            "distilled_acc": evaluate_support(comps, config, data, images, labels, limit=config.test_size,
+                                              progress=bar.update, count_support=True),
+            "n_test": n_test,
+            "init_acc": history["eval_acc"][0] if history["eval_step"][:1] == [0] and run.valid is None else None,
+            "train_seconds": train_seconds,
+            "final_loss": history["loss"][-1] if history["loss"] else None,
+            "recoveries": list(run.guard.events),
+        }
+        metrics.update(random_baseline(comps, config, data, progress=bar.update, count_support=True))
     return metrics, final_params
 
 

@@ -28,7 +28,9 @@ from kdistill.core.validators import plain
 from kdistill.errors import ConfigError, DataError
 from kdistill.io.artifact import DistilledSet
 from kdistill.runtime.components import Components, PreparedData
-from kdistill.runtime.support import init_support, make_result, random_baseline
+from kdistill.runtime.progress import listen_pairs
+from kdistill.runtime.progress import phase as progress_phase
+from kdistill.runtime.support import evaluation_rows, init_support, make_result, random_baseline
 
 
 def label_solve(
@@ -41,6 +43,7 @@ def label_solve(
     label_ridge: float = 1e-6,
     dtype: str = "float32",
     block_size: int = BLOCK_SIZE,
+    progress=None,
 ) -> np.ndarray:
     """Label Solve: the support labels that minimize the KRR target MSE.
 
@@ -55,6 +58,10 @@ def label_solve(
         x_s: ``[n_s, ...]`` support inputs; x_t: ``[n_t, ...]`` targets;
         y_t: ``[n_t, C]`` target labels. ridge: relative KRR ridge ``lam``.
         label_ridge: relative Tikhonov ``r`` of the normal equation (> 0).
+        progress: optional callable ``progress(rows)`` receiving the work done in kernel
+            rows of ``n_s`` entries, ``n_s + n_t`` in all (``K_ss``, then the target
+            blocks); per tile (fractional rows) for kernels that report tiles
+            (:func:`kdistill.runtime.progress.report_pairs`), else once per block.
     Returns:
         ``[n_s, C]`` float64 labels.
     Raises:
@@ -78,15 +85,30 @@ def label_solve(
     b = solver.b
     xp = b.xp
     xs = b.asarray(x_s, dtype)
-    k_ss = b.cast(kernel(xs, xs), "float64")
-    n_s = k_ss.shape[0]
-    gram = xp.zeros((n_s, n_s), dtype=b.dtype("float64"))
-    rhs = xp.zeros((n_s, y_t.shape[1]), dtype=b.dtype("float64"))
-    for sl in iter_blocks(len(x_t), block_size):
-        k_st = b.cast(kernel(xs, b.asarray(x_t[sl], dtype)), "float64")  # [n_s, m]
-        a_t = solver.solve(k_ss, k_st, ridge)  # (K_ss + lam I)^-1 K_st = A^T [n_s, m]
-        gram = gram + a_t @ a_t.T
-        rhs = rhs + a_t @ b.asarray(y_t[sl], "float64")
+    n_s, sent = len(x_s), [0.0]
+
+    def on_pairs(pairs: int) -> None:  # a kernel tile: pairs / n_s rows
+        sent[0] += pairs / n_s
+        progress(pairs / n_s)
+
+    def top_up(rows: int) -> None:
+        rest, sent[0] = max(0.0, rows - sent[0]), 0.0
+        if rest:
+            progress(rest)
+
+    with listen_pairs(on_pairs if progress is not None else None):
+        k_ss = b.cast(kernel(xs, xs), "float64")
+        if progress is not None:
+            top_up(n_s)
+        gram = xp.zeros((n_s, n_s), dtype=b.dtype("float64"))
+        rhs = xp.zeros((n_s, y_t.shape[1]), dtype=b.dtype("float64"))
+        for sl in iter_blocks(len(x_t), block_size):
+            k_st = b.cast(kernel(xs, b.asarray(x_t[sl], dtype)), "float64")  # [n_s, m]
+            a_t = solver.solve(k_ss, k_st, ridge)  # (K_ss + lam I)^-1 K_st = A^T [n_s, m]
+            gram = gram + a_t @ a_t.T
+            rhs = rhs + a_t @ b.asarray(y_t[sl], "float64")
+            if progress is not None:
+                top_up(sl.stop - sl.start)
     y_s = solver.solve(gram, rhs, label_ridge)
     return check_finite(b.to_numpy(y_s), "solved labels", ridge, dtype)
 
@@ -106,17 +128,22 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
     rng = np.random.default_rng(config.seed)
     images, labels, class_ids = init_support(config, data, rng)
     idx = TargetSampler(data.y_train, data.num_classes, config.target_batch, rng)()
-    solved = label_solve(
-        comps.kernel, comps.solver, images, data.x_train[idx], data.Y_train[idx],
-        config.ridge, dtype=config.dtype,
-    )
+    # progress phases (kdistill.runtime.progress) in kernel rows of n_s entries
+    with progress_phase("label solve", len(images) + len(idx), "row") as bar:
+        solved = label_solve(
+            comps.kernel, comps.solver, images, data.x_train[idx], data.Y_train[idx],
+            config.ridge, dtype=config.dtype, progress=bar.update,
+        )
     solve_seconds = time.perf_counter() - start
     # one kernel pass scores both label sets (KRR predictions are linear in the labels)
     x_test, y_test = data.x_test[: config.test_size], data.y_test[: config.test_size]
-    pred = krr_predict(
-        comps.eval_kernel, comps.solver, images, np.concatenate([solved, labels], axis=1),
-        x_test, config.ridge, config.dtype,
-    )
+    bar = progress_phase("final evaluation", evaluation_rows(len(images), len(x_test)), "row")
+    with bar:
+        pred = krr_predict(
+            comps.eval_kernel, comps.solver, images, np.concatenate([solved, labels], axis=1),
+            x_test, config.ridge, config.dtype, progress=bar.update, count_support=True,
+        )
+        random = random_baseline(comps, config, data, progress=bar.update, count_support=True)
     n_cls = labels.shape[1]
     metrics = {
         "method": "label-solve",
@@ -126,6 +153,6 @@ def run_label_solve(config: DistillConfig, comps: Components, data: PreparedData
         "n_targets": int(len(idx)),
         "train_seconds": solve_seconds,
     }
-    metrics.update(random_baseline(comps, config, data))
+    metrics.update(random)
     metrics["total_seconds"] = time.perf_counter() - start
     return make_result(config, data, images, solved.astype(np.float32), class_ids, metrics, {}, {})

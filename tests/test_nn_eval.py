@@ -298,3 +298,36 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert img.shape[:2] == (1400, 900)
     # the embedded images were decoded: more distinct colours than text on white alone
     assert len(np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_rfad_report_names_rfad_and_renders_in_headless_chromium(tmp_path):
+    """The report of an RFAD run (random-feature kernel, Platt loss, feature solver) says
+    RFAD and on how many test images its numbers were taken, and renders in a real browser
+    (the screenshot part is skipped where Chromium is not installed)."""
+    import importlib.util
+    from pathlib import Path
+
+    from kdistill.cli import _write_outputs
+    from kdistill.core.config import DistillConfig
+    from kdistill.report import build_report
+
+    out = tmp_path / "rfad"
+    cfg = kdistill.make_config(ipc=2, steps=4, target_batch=200, eval_every=2, eval_test_size=100, test_size=150,
+                               kernel={"name": "rf-convnet", "n_models": 2, "width": 8, "depth": 1},
+                               solver="feature", loss="platt")
+    result = kdistill.distill(cfg, progress=False)
+    _write_outputs(out, DistillConfig.from_dict(result.config), result, grid=True)
+    build_report(out)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "RFAD" in html and "150 test images" in html, html[:2000]
+    spec = importlib.util.spec_from_file_location(
+        "render_report", Path(__file__).resolve().parents[1] / "benchmarks" / "render_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if mod.find_chromium() is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(mod.screenshot(out / "report.html", tmp_path / "shot.png", width=900, height=1400))
+    assert img.shape[:2] == (1400, 900)
+    assert len(np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50

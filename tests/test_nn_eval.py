@@ -215,6 +215,18 @@ def test_cli_baseline_evaluate_report(run_dir, tmp_path):
     rnd = kdistill.load(run_dir / "baselines" / "random" / "distilled.npz")
     art = kdistill.load(run_dir / "distilled.npz")
     np.testing.assert_array_equal(rnd.transform.mean, art.transform.mean)  # the artifact's space
+    # each baseline was also scored by KRR (the report's KRR column), as `evaluate DIR` scores it
+    from kdistill.io.safeio import read_json_sealed
+    from kdistill.errors import ArtifactError
+    from kdistill.runtime.evaluate import evaluate_artifact
+
+    krr = {}
+    for kind in ("random", "kmeans", "herding"):
+        res = read_json_sealed(run_dir / "baselines" / kind / "eval_fc.json", ArtifactError, what="KRR result")
+        b = kdistill.load(run_dir / "baselines" / kind / "distilled.npz")
+        assert res["distilled_acc"] == evaluate_artifact(b, {})["distilled_acc"] and res["n_test"] == 360
+        assert f"{kind}: KRR test accuracy {100 * res['distilled_acc']:.2f}% on 360 test images" in r.output
+        krr[kind] = res
 
     results = {}
     for name, d in [("distilled", run_dir)] + [(k, run_dir / "baselines" / k) for k in ("random", "kmeans", "herding")]:
@@ -247,6 +259,8 @@ def test_cli_baseline_evaluate_report(run_dir, tmp_path):
         cell = f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f} (n=3, {res['n_test']} test images)"
         assert f"<td>{name}</td>" in page and cell in page and cell in md
     assert f"{100 * art.metrics['distilled_acc']:.2f}" in page
+    for kind, res in krr.items():  # the baselines' KRR column is filled
+        assert f"{100 * res['distilled_acc']:.2f} (360 test images)" in page
     assert results["distilled"]["protocol_id"] in page
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) == 3  # grid, distillation curves, fc curves

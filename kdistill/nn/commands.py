@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -221,12 +222,18 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
 @threads_option
 @allow_data_mismatch_option
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (also off with -q).")
-def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_mismatch, progress=True) -> None:
+@click.option("--krr/--no-krr", default=True,
+              help="Also score each baseline by KRR under the run's evaluation kernel, as `kdistill evaluate "
+                   "DIR` does, writing DIR/eval_<kernel>.json (the report's KRR column). Default: on.")
+def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_mismatch, progress=True,
+             krr=True) -> None:
     """Build random / k-means / herding baselines the size of ARTIFACT's support set.
 
     Each is a distilled.npz in the artifact's preprocessed space with centered one-hot
     labels, so `kdistill evaluate DIR --nn convnet` scores it exactly like the
-    distilled set; `kdistill report RUN_DIR` then shows them side by side.
+    distilled set; `kdistill report RUN_DIR` then shows them side by side. With --krr
+    (default) each is also scored by KRR with the run's evaluation kernel, solver, ridge
+    and test_size (eval_<kernel>.json beside it).
     """
     from kdistill.baselines import BASELINES, baselines_for
     from kdistill.io.artifact import load
@@ -250,6 +257,16 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_misma
                 ds.save(root / kind / "distilled.npz")
                 click.echo(f"{kind}: {len(ds.images)} images ({ds.metrics['seconds']:.1f} s) -> "
                            f"{root / kind}/distilled.npz")
+            if krr:
+                from kdistill.cli import _evaluate_krr
+                from kdistill.runtime.evaluate import evaluate_artifact
+
+                for kind in sets:
+                    res, target = _evaluate_krr(root / kind / "distilled.npz", None, data_dir, None, (), None,
+                                                progress, threads, allow_data_mismatch, logging.getLogger("kdistill"),
+                                                load, evaluate_artifact, use_progress)
+                    click.echo(f"{kind}: KRR test accuracy {100 * res['distilled_acc']:.2f}% on {res['n_test']} "
+                               f"test images -> {target}")
     except (KdistillError, OSError) as exc:
         _fail(exc)
 

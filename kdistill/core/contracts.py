@@ -1,4 +1,5 @@
-"""Component contracts: :class:`Kernel`, :class:`RandomKernel`, :class:`Solver`, :class:`Loss`.
+"""Component contracts: :class:`Kernel`, :class:`RandomKernel`, :class:`Solver`, :class:`Loss`,
+:class:`Optimizer`, :class:`Schedule` and the :class:`Dataset` that dataset plugins return.
 
 Components are attrs classes whose fields are their hyperparameters (validated,
 keyword-only, round-tripping through :meth:`Component.get_params` and TOML). The

@@ -24,14 +24,15 @@ Factories:
 - kernels / solvers / losses: a class whose keyword constructor takes the component's
   hyperparameters (subclasses of :class:`~kdistill.core.contracts.Kernel`,
   :class:`~kdistill.core.contracts.Solver`, :class:`~kdistill.core.contracts.Loss`).
-- datasets: ``loader(data_dir: str | None) -> kdistill.datasets.base.Dataset``.
+- datasets: ``loader(data_dir: str | None) -> kdistill.core.contracts.Dataset``.
 - methods: ``run(config, comps, data, callback=None, run_dir=None, resume=False) ->
   DistilledSet`` (built in: ``kip``, ``label-solve`` in :mod:`kdistill.plugins.methods`);
   an attribute ``resumable = True`` if it can continue from a checkpoint.
 - callbacks: a :class:`kdistill.core.loop.RunHook` subclass whose keyword constructor
   takes its parameters (no work in ``__init__``); a run config lists them
   (``callbacks = [{name = "my-tracker", dir = "logs"}]``) and the KIP driver calls
-  ``after_step(run, info)`` after every step.
+  ``after_step(run, info)`` after every step and ``after_run(run, result)`` once after
+  the final evaluation (built in: ``jsonl``, ``tensorboard``, ``mlflow``).
 - optimizers: a :class:`kdistill.core.contracts.Optimizer` subclass whose keyword
   constructor takes its hyperparameters; it declares the optax function and the
   ``torch.optim`` class of its algorithm (no import of either), and the backend builds

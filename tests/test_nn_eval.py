@@ -290,8 +290,8 @@ def test_make_baseline_rejects_unknown_kind(run_dir):
         make_baseline("best", data, 1, 0, art.config)
 
 
-def test_report_renders_in_headless_chromium(run_dir, tmp_path):
-    """The page renders in a real browser (skipped where Chromium is not installed)."""
+def _renderer():
+    """benchmarks/render_report.py as a module; skips the test where Chromium is missing."""
     import importlib.util
     from pathlib import Path
 
@@ -301,6 +301,12 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     spec.loader.exec_module(mod)
     if mod.find_chromium() is None:
         pytest.skip("chromium not installed (apt-get install -y chromium)")
+    return mod
+
+
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    """The page renders in a real browser (skipped where Chromium is not installed)."""
+    mod = _renderer()
     if not (run_dir / "report.html").is_file():
         from kdistill.report import build_report
 
@@ -318,9 +324,6 @@ def test_rfad_report_names_rfad_and_renders_in_headless_chromium(tmp_path):
     """The report of an RFAD run (random-feature kernel, Platt loss, feature solver) says
     RFAD and on how many test images its numbers were taken, and renders in a real browser
     (the screenshot part is skipped where Chromium is not installed)."""
-    import importlib.util
-    from pathlib import Path
-
     from kdistill.cli import _write_outputs
     from kdistill.core.config import DistillConfig
     from kdistill.report import build_report
@@ -334,12 +337,7 @@ def test_rfad_report_names_rfad_and_renders_in_headless_chromium(tmp_path):
     build_report(out)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "RFAD" in html and "150 test images" in html, html[:2000]
-    spec = importlib.util.spec_from_file_location(
-        "render_report", Path(__file__).resolve().parents[1] / "benchmarks" / "render_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if mod.find_chromium() is None:
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    mod = _renderer()
     import matplotlib.image as mpimg
 
     img = mpimg.imread(mod.screenshot(out / "report.html", tmp_path / "shot.png", width=900, height=1400))

@@ -383,7 +383,7 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
 def _evaluate_krr(path, kernel, data_dir, backend, sets, out, progress, threads, allow_data_mismatch, logger, load,
                   evaluate_artifact, use_progress):
     """``kdistill evaluate`` without --nn: the result dict and the path of its sealed JSON."""
-    from kdistill.io.safeio import write_json_sealed
+    from kdistill.runtime.evaluate import write_krr_result
 
     try:
         art = load(path)
@@ -400,19 +400,13 @@ def _evaluate_krr(path, kernel, data_dir, backend, sets, out, progress, threads,
 
         overrides.update(dict(parse_override(s) for s in sets))
         notices: list[str] = []
-        cfg = DistillConfig.from_dict(art.config).with_overrides(overrides, notices)  # validates -s values
+        DistillConfig.from_dict(art.config).with_overrides(overrides, notices)  # validates -s values
         for notice in notices:
             logger.info(notice)
         # both passes (distilled set, random real subset) advance the bar in kernel rows
         # (support + test), per tile for slow kernels, so the remaining-time estimate holds
         with use_progress(_bars(progress)):
-            res = evaluate_artifact(art, overrides, check_data=not allow_data_mismatch)
-        res = {"command": "evaluate", "artifact": str(path), **res,
-               "config": {k: v for k, v in cfg.to_dict().items() if k in ("eval_kernel", "ridge", "test_size",
-                                                                          "backend", "dtype", "solver")}}
-        target = Path(out) if out else path.parent / f"eval_{res['eval_kernel']['name']}.json"
-        res["result_file"] = str(target)
-        write_json_sealed(target, res)
+            res, target = write_krr_result(path, overrides, check_data=not allow_data_mismatch, out=out)
     except (KdistillError, OSError) as exc:
         _fail(exc)
     return res, target

@@ -14,6 +14,7 @@ from kdistill.cli import main
 from kdistill.core.contracts import Dataset
 from kdistill.datasets import load_digits
 from kdistill.errors import DataError
+from kdistill.interop.exporters import export_safetensors
 
 FAST = dict(ipc=1, steps=2, eval_every=0, target_batch=100, backend="jax", test_size=100)
 
@@ -105,7 +106,7 @@ def test_safetensors_export_round_trip(result, tmp_path):
     assert json.loads(meta["dataset"])["class_names"] == result.dataset["class_names"]
     assert json.loads(meta["config"]) == result.config
     # pixel space, NHWC, through the method
-    p = result.to_safetensors(tmp_path / "pix.safetensors", layout="nhwc", pixel_space=True)
+    p = export_safetensors(result, tmp_path / "pix.safetensors", layout="nhwc", pixel_space=True)
     np.testing.assert_allclose(load_file(str(p))["images"], result.transform.inverse(result.images), rtol=1e-6)
     r = CliRunner().invoke(main, ["export", str(tmp_path / "nothing"), "--out", str(out)])
     assert r.exit_code == 2 and "does not exist" in r.output

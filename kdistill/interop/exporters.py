@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from kdistill.errors import ArtifactError, ConfigError
+from kdistill.io.artifact import FORMAT
+from kdistill.version import __version__
 
 
 def safetensors_payload(artifact, *, layout: str = "nchw", pixel_space: bool = False) -> tuple[dict, dict]:
@@ -45,8 +47,6 @@ def safetensors_payload(artifact, *, layout: str = "nchw", pixel_space: bool = F
                "labels": np.ascontiguousarray(artifact.labels, np.float32),
                "class_ids": np.ascontiguousarray(artifact.class_ids, np.int64)}
     tensors.update({f"preprocess/{k}": np.ascontiguousarray(v) for k, v in artifact.transform.state().items()})
-    from kdistill.io.artifact import FORMAT
-    from kdistill.version import __version__
 
     metadata = {"format": FORMAT, "kdistill_version": artifact.version or __version__, "layout": layout.upper(),
                 "space": "pixels" if pixel_space else "preprocessed", "preprocess": artifact.transform.name,

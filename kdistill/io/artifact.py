@@ -150,18 +150,6 @@ class DistilledSet:
              else torch.from_numpy(np.array(self.class_ids, np.int64)))
         return TensorDataset(x, y)
 
-    def to_safetensors(self, path: str | os.PathLike, *, layout: str = "nchw", pixel_space: bool = False) -> Path:
-        """Write the set as a ``.safetensors`` file (images, labels, class_ids, the
-        transform's arrays, metadata strings); see :mod:`kdistill.interop.exporters`.
-
-        Raises:
-            ImportError: safetensors missing (``pip install 'kdistill[interop]'``);
-            ConfigError: unknown layout; ArtifactError: the write failed.
-        """
-        from kdistill.interop.exporters import export_safetensors
-
-        return export_safetensors(self, path, layout=layout, pixel_space=pixel_space)
-
 
 def load(path: str | os.PathLike, *, allow_legacy: bool = False) -> DistilledSet:
     """Load an artifact written by :meth:`DistilledSet.save`. Never unpickles.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -258,13 +257,13 @@ def baseline(artifact, kinds, seed, data_dir, out_dir, threads, allow_data_misma
                 click.echo(f"{kind}: {len(ds.images)} images ({ds.metrics['seconds']:.1f} s) -> "
                            f"{root / kind}/distilled.npz")
             if krr:
-                from kdistill.cli import _evaluate_krr
-                from kdistill.runtime.evaluate import evaluate_artifact
+                from kdistill.runtime.evaluate import write_krr_result
 
                 for kind in sets:
-                    res, target = _evaluate_krr(root / kind / "distilled.npz", None, data_dir, None, (), None,
-                                                progress, threads, allow_data_mismatch, logging.getLogger("kdistill"),
-                                                load, evaluate_artifact, use_progress)
+                    with use_progress(BarReporter() if progress and cli_verbosity() >= 0 else None):
+                        res, target = write_krr_result(root / kind / "distilled.npz",
+                                                       {"data_dir": data_dir} if data_dir else {},
+                                                       check_data=not allow_data_mismatch)
                     click.echo(f"{kind}: KRR test accuracy {100 * res['distilled_acc']:.2f}% on {res['n_test']} "
                                f"test images -> {target}")
     except (KdistillError, OSError) as exc:

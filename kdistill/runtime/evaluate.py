@@ -115,3 +115,37 @@ def evaluate_artifact(
         }
         out.update(random_baseline(comps, config, data, progress=report, count_support=not legacy))
     return out
+
+
+def write_krr_result(path, overrides: dict[str, Any], *, check_data: bool = True, out=None) -> tuple[dict, Any]:
+    """Score the artifact at ``path`` by KRR (:func:`evaluate_artifact`) and write the
+    result as sealed JSON (:func:`kdistill.io.safeio.write_json_sealed`): ``out``, or
+    ``eval_<kernel>.json`` beside the artifact. What ``kdistill evaluate`` and
+    ``kdistill baseline`` write; ``kdistill report`` reads it (the KRR column).
+
+    Args:
+        path: a ``distilled.npz`` (``pathlib.Path``).
+        overrides: config overrides (``eval_kernel``, ``data_dir``, ``test_size``, ...),
+            validated against the artifact's config.
+    Returns:
+        ``(result, target)``: the result dict (``distilled_acc``, ``random_acc``,
+        ``n_test``, ``eval_kernel``, ``config``, ``result_file``, ...) and its path.
+    Raises:
+        ConfigError, DataError, ArtifactError, OSError: as :func:`evaluate_artifact` and
+            the write.
+    """
+    from pathlib import Path
+
+    from kdistill.io.artifact import load
+    from kdistill.io.safeio import write_json_sealed
+
+    art = load(path)
+    cfg = DistillConfig.from_dict(art.config).with_overrides(overrides, [])
+    res = evaluate_artifact(art, overrides, check_data=check_data)
+    res = {"command": "evaluate", "artifact": str(path), **res,
+           "config": {k: v for k, v in cfg.to_dict().items() if k in ("eval_kernel", "ridge", "test_size",
+                                                                      "backend", "dtype", "solver")}}
+    target = Path(out) if out else Path(path).parent / f"eval_{res['eval_kernel']['name']}.json"
+    res["result_file"] = str(target)
+    write_json_sealed(target, res)
+    return res, target

@@ -154,6 +154,7 @@ def run(
     from kdistill.core.registry import get_registry
     from kdistill.io.rundir import RunDirectory, estimate_run_bytes, remove_transient_checkpoint
 
+    from kdistill.runtime.distributed import is_primary
     from kdistill.runtime.progress import make_reporter, use_progress
 
     _check_run_args(run_dir, resume, overwrite, callback, what)
@@ -163,24 +164,31 @@ def run(
     method = get_registry().get("methods", config.method).factory
     if resume and not getattr(method, "resumable", False):
         raise ConfigError(f"resume applies to KIP runs only; method {config.method!r} has no steps to resume")
+    # in a run of several processes (kdistill.runtime.distributed) every process computes
+    # and only the primary one locks and writes the run directory and calls back
+    primary = is_primary()
     with contextlib.ExitStack() as stack:
         if not inherit:
             stack.enter_context(use_progress(reporter))
         lock = None
         if resume:
-            lock = stack.enter_context(RunDirectory(run_dir, mode="resume", what=what))
+            if primary:
+                lock = stack.enter_context(RunDirectory(run_dir, mode="resume", what=what))
             check_same_config(read_checkpoint(run_dir), config.to_dict(), run_dir)
         comps = build_components(config)
         make_optimizer(config)  # an unknown optimizer or schedule fails here, before any work
-        comps.callbacks = [get_registry().create("callbacks", spec.name, **spec.params) for spec in config.callbacks]
-        if run_dir is not None and not resume:
+        comps.callbacks = [get_registry().create("callbacks", spec.name, **spec.params)
+                           for spec in config.callbacks] if primary else []
+        if run_dir is not None and not resume and primary:
             lock = stack.enter_context(RunDirectory(run_dir, overwrite=overwrite, what=what))
         prepared = prepare_data(config, data)
         removed = lock.prepare(estimate_run_bytes(config, prepared, grid)) if lock is not None else []
-        if on_start is not None:
+        comps.backend.barrier()  # the others start once the primary has prepared the directory
+        if on_start is not None and primary:
             on_start(config, prepared, removed)
-        result = method(config, comps, prepared, callback=callback, run_dir=run_dir, resume=resume)
-        if write is not None:
+        result = method(config, comps, prepared, callback=callback if primary else None, run_dir=run_dir,
+                        resume=resume)
+        if write is not None and primary:
             write(result)
         if lock is not None:
             remove_transient_checkpoint(run_dir, config)

@@ -24,7 +24,7 @@ from kdistill.nn.commands import allow_data_mismatch_option, threads_option
 _FLAG_FIELDS = (
     "method", "dataset", "data_dir", "backend", "kernel", "solver", "loss", "eval_kernel",
     "ipc", "steps", "lr", "optimizer", "schedule", "target_batch", "ridge", "learn_labels", "init",
-    "dtype", "seed", "eval_every", "preprocess", "checkpoint_every", "threads",
+    "dtype", "seed", "eval_every", "preprocess", "checkpoint_every", "threads", "device",
 )
 
 
@@ -54,6 +54,40 @@ def _bars(enabled: bool):
     from kdistill.runtime.progress import BarReporter
 
     return BarReporter() if enabled and cli_verbosity() >= 0 else None
+
+
+device_option = click.option(
+    "--device", help="Where to compute: auto (default: the accelerators the backend sees, else the CPU), cpu, "
+                     "cuda, tpu or one device such as cuda:1. JAX uses every device of the platform as one "
+                     "data-parallel mesh; torch uses one device per process (torchrun).")
+
+
+def distributed_options(fn):
+    """``--coordinator``, ``--num-processes``, ``--process-id``: join a multi-process JAX run
+    (:func:`kdistill.runtime.distributed.init_jax_distributed`); also read from
+    ``KDISTILL_COORDINATOR``, ``KDISTILL_NUM_PROCESSES``, ``KDISTILL_PROCESS_ID``."""
+    fn = click.option("--process-id", type=int, envvar="KDISTILL_PROCESS_ID",
+                      help="With --coordinator HOST:PORT: this process's id, 0 .. N-1.")(fn)
+    fn = click.option("--num-processes", type=int, envvar="KDISTILL_NUM_PROCESSES",
+                      help="With --coordinator HOST:PORT: the number of processes N.")(fn)
+    return click.option(
+        "--coordinator", envvar="KDISTILL_COORDINATOR",
+        help="JAX on several processes or hosts: HOST:PORT of process 0's coordinator (with --num-processes "
+             "and --process-id), or 'auto' under Slurm/mpirun. torch needs no flag: launch with torchrun.")(fn)
+
+
+def _join(coordinator, num_processes, process_id) -> None:
+    """Join the multi-process JAX run the flags name (none: a single process)."""
+    if coordinator is None:
+        if num_processes is not None or process_id is not None:
+            from kdistill.errors import ConfigError
+
+            raise ConfigError("--num-processes/--process-id need --coordinator HOST:PORT (JAX); torch runs are "
+                              "launched with torchrun instead")
+        return
+    from kdistill.runtime.distributed import init_jax_distributed
+
+    init_jax_distributed(coordinator, num_processes, process_id)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, default=False,
@@ -162,6 +196,8 @@ def _config_fields_help() -> str:
               help="Write RUN_DIR/checkpoint.npz every N steps (0, the default: only on SIGINT/SIGTERM, "
                    "and after the last step until the results are written).")
 @threads_option
+@device_option
+@distributed_options
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in RUN_DIR from its checkpoint, bit-for-bit; other flags "
                    "must match the stored config or be absent.")
@@ -177,7 +213,7 @@ def _config_fields_help() -> str:
               help="Progress bars on stderr for the steps and every long phase (also off with -q).")
 @json_option
 def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=False, as_json=False,
-            **flags: Any) -> None:
+            coordinator=None, num_processes=None, process_id=None, **flags: Any) -> None:
     """Distill a dataset; writes distilled.npz, config.toml, metrics.json, grid.png.
 
     With no arguments: KIP with the FC1 NTK on the embedded digits data (about a
@@ -201,6 +237,10 @@ def distill(config_path, sets, out_dir, grid, progress, resume_dir, overwrite=Fa
     Output: a header and the result on stdout; --json instead prints one JSON object
     (run_dir, files, config, metrics as in metrics.json).
     """
+    try:
+        _join(coordinator, num_processes, process_id)
+    except KdistillError as exc:
+        _fail(exc)
     with contextlib.ExitStack() as stack:  # holds the run directory's lock
         _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, overwrite, flags, as_json)
 
@@ -214,8 +254,11 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
     from kdistill.io.checkpoint import read_checkpoint
     from kdistill.errors import ConfigError
     from kdistill.log import logger
+    from kdistill.runtime.distributed import is_primary, process_count
     from kdistill.runtime.progress import use_progress
 
+    if not is_primary():  # the other processes of a multi-process run compute silently
+        progress, as_json = False, True
     try:
         overrides = {k: v for k, v in flags.items() if k in _FLAG_FIELDS and v is not None}
         base, resumed_step = config_path, None
@@ -234,6 +277,9 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
                 logger.info(notice)
     except KdistillError as exc:
         _fail(exc)
+    if out_dir is None and resume_dir is None and process_count() > 1:
+        _fail(ConfigError(f"a run of {process_count()} processes needs --out RUN_DIR, the one directory they share "
+                          "(a default name made of the time could differ between them)"))
     default_out = f"runs/{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(resume_dir or out_dir or default_out)
 
@@ -267,6 +313,8 @@ def _distill(stack, config_path, sets, out_dir, grid, progress, resume_dir, over
     except KdistillError as exc:
         _fail(exc)
     m = result.metrics
+    if not is_primary():
+        return
     if as_json:
         files = [name for name in ("distilled.npz", "config.toml", "metrics.json", "grid.png")
                  if (out / name).is_file()]

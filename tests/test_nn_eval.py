@@ -140,6 +140,78 @@ def test_convnet_too_deep_is_a_config_error(toy):
         train_one(NNProtocol(**{**TINY_CONV, "depth": 4}), 0, x, labels, xt, yt, 4)
 
 
+# ---------------------------------------------------------------- device
+
+def _without_seconds(run):
+    return {k: v for k, v in run.items() if k != "seconds"}
+
+
+def test_device_cpu_is_bit_identical_to_the_default_and_recorded(toy):
+    """On a machine without a GPU, ``auto`` is the CPU: ``device="cpu"`` (text or
+    ``torch.device``) gives exactly the default's numbers, and the run records it."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("auto is a GPU here")
+    x, labels, _, xt, yt = toy
+    p = NNProtocol(**TINY_CONV)
+    default = train_one(p, 0, x, labels, xt, yt, 4)
+    cpu = train_one(p, 0, x, labels, xt, yt, 4, device="cpu")
+    dev = train_one(p, 0, x, labels, xt, yt, 4, device=torch.device("cpu"))
+    assert _without_seconds(default) == _without_seconds(cpu) == _without_seconds(dev)
+    assert cpu["device"] == default["device"] == "cpu"
+    assert len(cpu["loss"]) == 12 and cpu["loss"][-1] < cpu["loss"][0]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored
+
+
+def _toy_artifact_and_data(toy):
+    from types import SimpleNamespace
+
+    x, labels, ids, xt, yt = toy
+    art = SimpleNamespace(images=x, labels=labels, class_ids=ids, metrics={"method": "kip"}, config={},
+                          dataset={"name": "toy"})
+    return art, SimpleNamespace(x_test=xt, y_test=yt, num_classes=4)
+
+
+def test_evaluate_nn_records_the_device(toy):
+    from kdistill.nn.train import evaluate_nn
+
+    art, data = _toy_artifact_and_data(toy)
+    p = NNProtocol(**TINY_CONV)
+    res = evaluate_nn(art, p, data=data, device="cpu")
+    assert res["device"] == "cpu" and res["machine"]["device"] == "cpu" and "gpu" not in res["machine"]
+    assert [r["device"] for r in res["runs"]] == ["cpu", "cpu"]
+    again = evaluate_nn(art, p, data=data)  # auto: the CPU on this machine
+    if again["device"] == "cpu":
+        assert again["test_acc"] == res["test_acc"] and again["runs"][1]["loss"] == res["runs"][1]["loss"]
+    assert again["protocol_id"] == res["protocol_id"]  # the device is not part of the protocol
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "banana", "auto:0", "cuda:-1"])
+def test_malformed_device_is_a_config_error_naming_the_forms(toy, device):
+    from kdistill.nn.train import evaluate_nn
+
+    x, labels, _, xt, yt = toy
+    with pytest.raises(ConfigError, match=r"device must be one of auto, cpu, gpu, cuda.*'cuda:1'"):
+        train_one(NNProtocol(**TINY_CONV), 0, x, labels, xt, yt, 4, device=device)
+    art, _ = _toy_artifact_and_data(toy)
+    with pytest.raises(ConfigError, match="device must be one of"):  # before any data is loaded
+        evaluate_nn(art, NNProtocol(**TINY_CONV), device=device)
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:7"])
+def test_absent_cuda_device_is_a_config_error(toy, device):
+    import torch
+
+    if device != "cuda:7" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    x, labels, _, xt, yt = toy
+    with pytest.raises(ConfigError, match=r"CUDA device\(s\).*use device='cpu'"):
+        train_one(NNProtocol(**TINY_CONV), 0, x, labels, xt, yt, 4, device=device)
+
+
 # ---------------------------------------------------------------- baselines
 
 def test_kmeans_centroids_equal_sklearn():
@@ -278,6 +350,23 @@ def test_cli_nn_errors(run_dir):
     assert r.exit_code == 2 and "too deep" in r.output
     r = run_cli("report", run_dir / "baselines")
     assert r.exit_code == 2 and "no distilled.npz" in r.output
+
+
+def test_evaluate_nn_command_device(run_dir, tmp_path, capsys):
+    """The command's ``device``: a bad one exits 2 naming the problem, before any work;
+    ``cpu`` runs there, says so and records it in the result file."""
+    from kdistill.nn.commands import evaluate_nn_command
+
+    with pytest.raises(SystemExit) as exc:
+        evaluate_nn_command(str(run_dir), "fc", None, (), "0", None, str(tmp_path / "bad.json"), False,
+                            device="banana")
+    assert exc.value.code == 2 and "device must be one of auto, cpu" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
+    out = tmp_path / "cpu.json"
+    res = evaluate_nn_command(str(run_dir), "fc", None, ("width=16", "steps=3", "eval_every=0"), "0", None,
+                              str(out), False, device="cpu")
+    assert res["device"] == "cpu" and json.loads(out.read_text())["device"] == "cpu"
+    assert "1 seed, on cpu" in capsys.readouterr().out
 
 
 def test_make_baseline_rejects_unknown_kind(run_dir):

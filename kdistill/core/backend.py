@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from kdistill.core.validators import DEVICE_KINDS, parse_device  # noqa: F401 (re-exported)
+
 #: Jitter schedule of :meth:`Backend.psd_cholesky`, relative to mean(diag(A)).
 CHOLESKY_JITTERS = (0.0, 1e-10, 1e-8, 1e-6)
 
@@ -121,6 +123,60 @@ class Backend(ABC):
 
     name: str
     xp: Any
+
+    # -- devices and data parallelism --------------------------------------------------
+    #: The ``device`` setting the backend was made with (:func:`parse_device`).
+    device: str = "auto"
+
+    @property
+    def shards(self) -> int:
+        """Number of data-parallel shards the target batch and the kernel tiles are split
+        into: the devices of the JAX mesh (all processes' devices under
+        ``jax.distributed``), or the processes of the torch process group. 1 when nothing
+        is split."""
+        return 1
+
+    @property
+    def process_index(self) -> int:
+        """This process's rank among the run's processes (0: the one that writes files)."""
+        return 0
+
+    @property
+    def process_count(self) -> int:
+        """Number of processes running the run together (1 without ``jax.distributed`` /
+        ``torch.distributed``)."""
+        return 1
+
+    def describe_devices(self) -> str:
+        """One line naming the devices the backend computes on, for logs and headers."""
+        return "cpu"
+
+    def shard_rows(self, x: np.ndarray, dtype: str | None = None) -> Any:
+        """``x`` (the same full numpy array in every process) split along axis 0 over the
+        :attr:`shards`: JAX, one global array sharded over the mesh's ``"data"`` axis;
+        torch, this rank's contiguous ``len(x) / shards`` rows on its device.
+
+        Args:
+            x: ``[n, ...]`` with ``n`` a multiple of :attr:`shards`.
+            dtype: as in :meth:`asarray`.
+        Raises:
+            ValueError: ``n`` is not a multiple of :attr:`shards`.
+        """
+        return self.asarray(x, dtype)
+
+    def gather_rows(self, x: Any) -> np.ndarray:
+        """The full ``[n, ...]`` numpy array of rows split by :meth:`shard_rows` (or computed
+        row by row from such an array), in every process."""
+        return self.to_numpy(x)
+
+    def sum_shards(self, x: Any) -> Any:
+        """The sum over shards of per-shard partial sums: torch all-reduces ``x`` over the
+        process group; JAX returns ``x`` (a global array whose reductions XLA already
+        made)."""
+        return x
+
+    def barrier(self) -> None:
+        """Wait until every process of the run reaches this point (no-op for one process)."""
 
     # -- arrays ---------------------------------------------------------------
     @abstractmethod

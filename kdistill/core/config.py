@@ -38,6 +38,7 @@ from kdistill.core.validators import (
     nonneg,
     one_of,
     optional_dir_path,
+    parse_device,
     plain,
     positive,
 )
@@ -45,10 +46,17 @@ from kdistill.errors import ConfigError
 from kdistill.io.paths import check_path_length, path_error_message, short_path
 
 PREPROCESS = ("standardize", "none", "zca")
+
+
+def device_setting(instance, attribute, value) -> None:
+    """attrs validator of ``device`` (:func:`kdistill.core.validators.parse_device`)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {plain(value)!r}")
+    parse_device(value)
 INITS = ("real", "noise")
 #: Fields that concern only the run itself, not the set it made (dropped when an
 #: artifact's config is used to evaluate it).
-RUN_ONLY = ("callbacks", "threads")
+RUN_ONLY = ("callbacks", "threads", "device")
 METHODS = ("kip", "label-solve")  # the built-in methods; plugins add more (registry kind "methods")
 DTYPES = ("float32", "float64")
 #: DistillConfig fields that hold a component (a name plus its parameters)
@@ -176,6 +184,11 @@ class DistillConfig:
             (see ``kdistill.runtime.threads``). May change on resume.
         callbacks: run callbacks (registered plugins, e.g. ``[{name = "jsonl"}]``) the
             KIP driver calls after every step: tracking and logging. May change on resume.
+        device: where the backend computes: ``auto`` (default: the accelerators the
+            backend sees, else the CPU), ``cpu``, ``cuda`` (= ``gpu``), ``tpu``, or one
+            device such as ``cuda:1``. On JAX, ``auto`` and a platform name use every
+            device of that platform as one data-parallel mesh; on torch each process
+            uses one device (``cuda:LOCAL_RANK`` under ``torchrun``). May change on resume.
     """
 
     #: validator messages name fields as users write them in a config (``ipc``)
@@ -214,6 +227,7 @@ class DistillConfig:
     time_limit: float = attrs.field(default=0.0, converter=int_to_float, validator=nonneg)
     threads: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(1)))
     callbacks: list[ComponentSpec] = attrs.field(factory=list, converter=_spec_list)
+    device: str = attrs.field(default="auto", validator=device_setting)
 
     # -- dict / TOML ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

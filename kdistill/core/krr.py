@@ -217,6 +217,22 @@ def iter_blocks(n: int, block_size: int = BLOCK_SIZE) -> Iterator[slice]:
         yield slice(start, min(start + block_size, n))
 
 
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+    """``x [n, ...]`` with its last row repeated until ``n`` is a multiple of ``multiple``."""
+    pad = -len(x) % multiple
+    return np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+
+
+def map_rows(b, fn, x: np.ndarray, dtype: str) -> np.ndarray:
+    """``fn`` (rows of a backend array -> per-row outputs ``[m, ...]``) on ``x [n, ...]``
+    split over the backend's data-parallel shards (:attr:`~kdistill.core.backend.Backend.shards`:
+    devices of a JAX mesh or torch processes; ``x`` padded to a multiple of them),
+    gathered as numpy ``[n, ...]`` in every process."""
+    if b.shards == 1:
+        return b.to_numpy(fn(b.asarray(x, dtype)))
+    return b.gather_rows(fn(b.shard_rows(pad_rows(x, b.shards), dtype)))[:len(x)]
+
+
 def krr_predict(
     kernel: Kernel,
     solver: Solver,
@@ -234,7 +250,9 @@ def krr_predict(
     Args:
         kernel, solver: bound to the same backend.
         x_s: ``[n_s, ...]`` support inputs; y_s: ``[n_s, C]`` support labels.
-        x_t: ``[n_t, ...]`` targets, predicted ``block_size`` rows at a time.
+        x_t: ``[n_t, ...]`` targets, predicted ``block_size`` rows at a time per
+            data-parallel shard (:func:`map_rows`: split over the devices of a JAX mesh
+            or the processes of a torch process group).
         ridge: relative ridge; dtype: dtype of the kernel computation.
         progress: optional callable ``progress(n_rows_done)`` after each block.
         count_support: progress also counts the support's own kernel rows, so the
@@ -279,9 +297,8 @@ def krr_predict(
         if progress is not None and count_support:
             top_up(n_s)
         out = np.empty((len(x_t), y_s.shape[1]), dtype=np.float64)
-        for sl in iter_blocks(len(x_t), block_size):
-            out[sl] = check_finite(b.to_numpy(predictor(b.asarray(x_t[sl], dtype))), "KRR predictions", ridge,
-                                   dtype)
+        for sl in iter_blocks(len(x_t), block_size * b.shards):  # a block's rows split over the shards
+            out[sl] = check_finite(map_rows(b, predictor, x_t[sl], dtype), "KRR predictions", ridge, dtype)
             if progress is not None:
                 if count_support:
                     top_up(sl.stop - sl.start)

@@ -52,6 +52,23 @@ def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -
     return loss_fn
 
 
+def check_batch_split(batch: int, backend) -> None:
+    """Refuse a target batch that the backend's data-parallel shards cannot share evenly.
+
+    Raises:
+        ConfigError: ``batch`` is not a multiple of ``backend.shards`` (the message names
+            the nearest sizes that are).
+    """
+    k = backend.shards
+    if batch % k:
+        from kdistill.errors import ConfigError
+
+        lower, upper = batch - batch % k, batch + k - batch % k
+        raise ConfigError(
+            f"target_batch={batch} (capped at the training examples) cannot be split evenly over {k} devices/"
+            f"processes ({backend.describe_devices()}): use a multiple of {k}, e.g. {lower or upper} or {upper}")
+
+
 def make_optimizer(config: DistillConfig, registry=None) -> tuple[Any, Any]:
     """``(optimizer, schedule)``: the config's registered components (unbound).
 
@@ -126,6 +143,7 @@ class KIPRun:
 
     def __attrs_post_init__(self) -> None:
         y = self.data.y_train if self.pool is None else self.data.y_train[self.pool]
+        check_batch_split(min(self.config.target_batch, len(y)), self.comps.backend)
         self.sampler = TargetSampler(y, self.data.num_classes, self.config.target_batch, self.rng)
         self.fixed_labels = self.comps.backend.asarray(self.labels, "float64")
 
@@ -152,7 +170,9 @@ class KIPRun:
         config, data, b = self.config, self.data, self.comps.backend
         step = self.step + 1
         idx = self.sampler() if self.pool is None else self.pool[self.sampler()]
-        batch = (b.asarray(data.x_train[idx], config.dtype), b.asarray(data.Y_train[idx], "float64"))
+        # split over the backend's data-parallel shards (devices of a JAX mesh, torch
+        # processes); every process draws the same indices and random weights
+        batch = (b.shard_rows(data.x_train[idx], config.dtype), b.shard_rows(data.Y_train[idx], "float64"))
         if self.comps.kernel.is_random:
             drawn = self.comps.kernel.sample_weights(step_seed(config.seed, step), data.x_train.shape[1:])
             batch += ({k: b.asarray(v, config.dtype) for k, v in drawn.items()},)
@@ -169,8 +189,9 @@ class KIPRun:
         while True:
             try:
                 state, metrics = self.step_fn(self.state, *batch)
-                loss = float(metrics["loss"])
-                if not bool(metrics["finite"]):
+                b = self.comps.backend
+                loss = float(b.to_numpy(metrics["loss"]))
+                if not bool(b.to_numpy(metrics["finite"])):
                     raise NonFiniteLossError(
                         f"non-finite loss or gradient (loss={loss}); parameters were not updated")
                 self.state = state
@@ -215,6 +236,10 @@ class KIPRun:
             guard=self.guard.to_dict(), data_fingerprint=self.fingerprint, elapsed_seconds=self.seconds(),
             best=self.best.params, best_step=self.best.step, best_acc=self.best.acc,
         )
+        b = self.comps.backend
+        if b.process_index != 0:  # one process writes; every process resumes from its file
+            self.last_saved = self.step
+            return os.fspath(checkpoint_path(self.run_dir))
         try:
             path = ckpt.save(checkpoint_path(self.run_dir))
         except CheckpointError as exc:

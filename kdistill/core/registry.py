@@ -366,23 +366,27 @@ class Registry:
                 raise
             raise ConfigError(f"invalid parameters for {SINGULAR[kind]} {name!r}: {exc}") from exc
 
-    def backend(self, name: str) -> Any:
-        """The (cached) backend instance ``name``.
+    def backend(self, name: str, device: str = "auto") -> Any:
+        """The (cached) backend instance ``name`` on ``device`` (see
+        :func:`kdistill.core.backend.parse_device`; ``"auto"``: the first accelerator
+        the array library sees, else the CPU).
 
         Raises:
             UnknownComponentError: unknown name.
-            ConfigError: the backend's array library is not installed.
+            ConfigError: the backend's array library is not installed, or ``device`` is
+                malformed or not present (the message says what is).
         """
-        if name not in self._backends:
+        key = (name, device)
+        if key not in self._backends:
             factory = self.get("backends", name).factory
             try:
-                self._backends[name] = factory()
+                self._backends[key] = factory(device) if device != "auto" else factory()
             except ImportError as exc:
                 raise ConfigError(
                     f"backend {name!r} needs a library that is not installed ({exc}); "
                     f"install it with: pip install 'kdistill[{name}]' -c constraints.txt"
                 ) from exc
-        return self._backends[name]
+        return self._backends[key]
 
 
 def component_provenance(config: Any, registry: Registry | None = None) -> dict[str, dict[str, str]]:

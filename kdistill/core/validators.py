@@ -169,3 +169,22 @@ def optional_dir_path(inst, attr, value) -> None:
     optional_str(inst, attr, value)
     if value:
         check_path_length(value, field_label(inst, attr), directory=True)
+
+
+#: Device kinds of the ``device`` setting; each may carry an index, ``"cuda:1"``.
+DEVICE_KINDS = ("auto", "cpu", "gpu", "cuda", "tpu", "mps")
+
+
+def parse_device(spec: str) -> tuple[str, int | None]:
+    """``(kind, index)`` of a ``device`` setting: ``"auto"``, ``"cpu"``, ``"gpu"`` (=
+    ``"cuda"``), ``"tpu"``, ``"mps"``, optionally with a local device index (``"cuda:1"``).
+
+    Raises:
+        ConfigError: any other text (the message lists the accepted forms).
+    """
+    kind, _, index = str(spec).strip().lower().partition(":")
+    if kind not in DEVICE_KINDS or (index and not index.isdigit()) or (kind == "auto" and index):
+        raise ConfigError(
+            f"device must be one of {', '.join(DEVICE_KINDS)}, optionally with a device index such as "
+            f"'cuda:1' (not for 'auto'); got {spec!r}")
+    return ("gpu" if kind == "cuda" else kind), (int(index) if index else None)

@@ -59,7 +59,7 @@ HISTORY_KEYS = ("step", "loss", "eval_step", "eval_acc", "eval_seconds")
 FILENAME = "checkpoint.npz"
 
 #: Config fields that may differ on resume: they do not change the trajectory.
-RESUME_MAY_CHANGE = ("checkpoint_every", "time_limit", "threads", "callbacks")
+RESUME_MAY_CHANGE = ("checkpoint_every", "time_limit", "threads", "callbacks", "device")
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:

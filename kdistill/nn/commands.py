@@ -146,7 +146,8 @@ allow_data_mismatch_option = click.option(
 
 
 def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds, data_dir, out, progress,
-                        threads: int | None = None, allow_data_mismatch: bool = False, as_json: bool = False) -> dict:
+                        threads: int | None = None, allow_data_mismatch: bool = False, as_json: bool = False,
+                        device: str = "auto") -> dict:
     """Train the protocol's networks on ARTIFACT, print mean ± std (just the accuracy for
     one seed), write the JSON result; ``as_json``: print the result as JSON on stdout
     instead (nothing else there). No bar with ``progress=False`` or ``kdistill -q``.
@@ -156,7 +157,10 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
     fastest for small networks on a loaded machine; numbers are reproducible per
     thread count, which the result records). Data that differ from those ARTIFACT was
     distilled from are refused unless ``allow_data_mismatch``; a diverged network is an
-    error (no accuracy, no file).
+    error (no accuracy, no file). ``device``: where the networks train
+    (:func:`kdistill.nn.train.resolve_device`; ``"auto"``: a CUDA GPU if torch sees one,
+    else the CPU); the result records the one used (``"device"``). A malformed or absent
+    device is an error (exit 2) before any data is loaded.
     """
     from tqdm.auto import tqdm
 
@@ -175,6 +179,9 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
         _fail(f"finite-network evaluation needs PyTorch ({exc}); install it with: pip install -e \".[torch]\"")
     try:
         apply_threads(threads)
+        from kdistill.nn.train import resolve_device
+
+        dev = resolve_device(device)
         art = load(path)
         protocol = load_protocol(model, protocol_file, nn_sets, seeds)
         _say(f"protocol: {protocol.describe()}", as_json)
@@ -188,7 +195,7 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", DataMismatchWarning)
                 res = evaluate_nn(art, protocol, overrides={"data_dir": data_dir} if data_dir else None,
-                                  progress=cb, check_data=not allow_data_mismatch)
+                                  progress=cb, check_data=not allow_data_mismatch, device=dev)
             for w in caught:
                 logger.warning(str(w.message))
         res["artifact"] = str(path)
@@ -204,7 +211,7 @@ def evaluate_nn_command(artifact: str, model: str, protocol_file, nn_sets, seeds
     n_seeds = len(res["test_acc"])
     each = f"  [{accs}]" if n_seeds > 1 else ""
     _say(f"{res['support']['n']} support examples, {res['n_test']} test images, {n_seeds} "
-         f"seed{'s' if n_seeds != 1 else ''}", as_json)
+         f"seed{'s' if n_seeds != 1 else ''}, on {res['device']}", as_json)
     _say(f"NN ({model}) test accuracy: {format_mean_std(res['test_acc'], res['mean'], res['std'])}"
          f"{each}  ({res['seconds']:.0f} s)\nwrote {target}", result=True)
     return res

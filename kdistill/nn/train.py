@@ -5,6 +5,12 @@ Given the same protocol, support set, test data, torch version and thread count,
 the global torch RNG seeded inside ``torch.random.fork_rng`` (the caller's RNG
 state is untouched), batch order from a ``torch.Generator`` seeded per seed, and
 ``torch.use_deterministic_algorithms(True)`` is on during the run (restored after).
+
+``device`` (default ``"auto"``: the first CUDA GPU torch sees, else the CPU; see
+:func:`resolve_device`) says where the network trains. The initialization and the batch
+order are still drawn on the CPU, so a GPU run starts from the same weights and sees the
+same batches as a CPU run; its numbers differ from the CPU's in the last bits (other
+kernels, TF32 convolutions), and are repeatable on one GPU, torch and CUDA version.
 """
 
 from __future__ import annotations
@@ -35,18 +41,46 @@ def _torch():
     return torch
 
 
+def resolve_device(device: Any = "auto"):
+    """The ``torch.device`` to train on.
+
+    Args:
+        device: a ``device`` setting (:func:`kdistill.core.validators.parse_device`):
+            ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"``, ``"cuda"`` /
+            ``"gpu"`` (optionally with an index, ``"cuda:1"``), ``"mps"``; or a
+            ``torch.device`` (returned as is).
+    Returns:
+        ``torch.device``; ``str()`` of it is what results record (``"cpu"``, ``"cuda:0"``).
+    Raises:
+        ConfigError: a malformed setting (the message lists the accepted forms) or a
+            device this torch does not see (e.g. ``"cuda"`` with a CPU-only torch).
+    """
+    torch = _torch()
+    if isinstance(device, torch.device):
+        return device
+    from kdistill.plugins.backends.torch_backend import torch_device
+
+    dev = torch_device(torch, device)
+    if dev.type == "cuda" and dev.index is None:  # record "cuda:0", not "cuda"
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 @contextlib.contextmanager
-def deterministic(seed: int):
-    """Seed the global torch RNG (restored on exit) and enable deterministic algorithms."""
+def deterministic(seed: int, warn_only: bool = False):
+    """Seed the global torch RNG (restored on exit) and enable deterministic algorithms
+    (``warn_only``: an op without a deterministic implementation warns instead of raising;
+    used on GPUs, where a few ops have none)."""
     torch = _torch()
     was = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
         try:
             yield
         finally:
-            torch.use_deterministic_algorithms(was)
+            torch.use_deterministic_algorithms(was, warn_only=was_warn_only)
 
 
 def make_targets(labels: np.ndarray, class_ids: np.ndarray, protocol: NNProtocol) -> np.ndarray:
@@ -113,6 +147,7 @@ def train_one(
     y_test: np.ndarray,
     num_classes: int,
     progress: Callable[[int], None] | None = None,
+    device: Any = "auto",
 ) -> dict[str, Any]:
     """Train one network of ``protocol`` with ``seed`` on the support set; score it.
 
@@ -121,14 +156,20 @@ def train_one(
             :func:`make_targets` (``[n, C]`` float32 or ``[n]`` int64).
         x_test: ``[m, H, W, C]`` float32, same space. y_test: ``[m]`` int class ids.
         progress: called with the number of steps done so far.
+        device: where the network and all tensors live (:func:`resolve_device`;
+            default ``"auto"``: a CUDA GPU if torch sees one, else the CPU). The
+            initialization and batch order are drawn on the CPU either way; on the CPU
+            the numbers are bit-identical to those of ``device="cpu"``.
     Returns:
         ``{"seed", "test_acc", "seconds", "loss" (per step), "curve_step",
-        "curve_acc" (on the first curve_test_size test images)}``.
+        "curve_acc" (on the first curve_test_size test images), "device"}``
+        (``"device"``: the one used, ``"cpu"`` or ``"cuda:0"``, say).
         ``"diverged"`` is True when a loss, a weight or a test output became NaN/Inf: training
         stopped there and ``test_acc`` (of the broken network) means nothing;
         :func:`evaluate_nn` refuses such a run.
     Raises:
         DataError: shapes disagree or values are not finite.
+        ConfigError: a malformed or absent ``device`` (:func:`resolve_device`).
     """
     torch = _torch()
     import torch.nn.functional as F
@@ -142,22 +183,28 @@ def train_one(
                         "shapes disagree")
     if not np.isfinite(x_support).all():
         raise DataError("support images contain NaN or Inf")
+    dev = resolve_device(device)
+    on_cpu = dev.type == "cpu"
+    if dev.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace (read when it first runs)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     start = time.perf_counter()
-    xs = torch.from_numpy(x_support)
-    ts = torch.from_numpy(np.asarray(targets))
-    xt = torch.from_numpy(x_test)
-    yt = torch.from_numpy(np.asarray(y_test, np.int64))
+    xs = torch.from_numpy(x_support).to(dev)
+    ts = torch.from_numpy(np.asarray(targets)).to(dev)
+    xt = torch.from_numpy(x_test).to(dev)
+    yt = torch.from_numpy(np.asarray(y_test, np.int64)).to(dev)
     n = len(xs)
     bs = min(protocol.batch_size, n)
     losses: list[float] = []
     curve_step: list[int] = []
     curve_acc: list[float] = []
-    with deterministic(seed):
+    with deterministic(seed, warn_only=not on_cpu):
         try:
             model = build_model(protocol.model, x_support.shape[1:], num_classes, protocol.width,
-                                protocol.depth, protocol.norm)
+                                protocol.depth, protocol.norm)  # initialized on the CPU (its RNG)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        model = model.to(dev)
         params = model.parameters()
         if protocol.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum,
@@ -172,7 +219,7 @@ def train_one(
                     g["lr"] = protocol.lr * 0.5 * (1.0 + math.cos(math.pi * step / protocol.steps))
             if pos + bs > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos:pos + bs]
+            idx = perm[pos:pos + bs] if on_cpu else perm[pos:pos + bs].to(dev)
             pos += bs
             out = model(xs[idx])
             if protocol.loss == "mse":
@@ -208,11 +255,14 @@ def train_one(
         "diverged": diverged,
         "curve_step": curve_step,
         "curve_acc": curve_acc,
+        "device": str(dev),
     }
 
 
-def machine_info() -> dict[str, Any]:
-    """Where a number was measured: platform, CPU, core count, torch version and threads."""
+def machine_info(device: Any = "cpu") -> dict[str, Any]:
+    """Where a number was measured: platform, CPU, core count, torch version and threads,
+    and ``device`` (a resolved ``torch.device`` or its text, recorded as ``"cpu"``,
+    ``"cuda:0"``, ...; for a CUDA device also ``"gpu"``, its name)."""
     torch = _torch()
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -226,7 +276,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": str(device),
+        **({"gpu": torch.cuda.get_device_name(device)} if str(device).startswith("cuda") else {}),
     }
 
 
@@ -244,6 +295,7 @@ def evaluate_nn(
     overrides: dict[str, Any] | list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     check_data: bool = True,
+    device: Any = "auto",
 ) -> dict[str, Any]:
     """Train ``protocol`` networks on a distilled set, one per seed; full test accuracy.
 
@@ -255,14 +307,20 @@ def evaluate_nn(
         progress: ``progress(seed_index, steps_done)``.
         check_data: compare the loaded dataset with the one the artifact was distilled
             from (:func:`kdistill.runtime.evaluate.prepare_with_transform`); False skips it.
+        device: where the networks train (:func:`resolve_device`: ``"auto"`` (default; a
+            CUDA GPU if torch sees one, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
+            ...). It is not part of the protocol (``protocol_id`` is the same on every
+            device); the result records it. On the CPU, numbers equal ``device="cpu"``'s.
     Returns:
         The result dict stored as ``nn_<model>.json``: ``format``, ``format_version``,
         ``protocol`` (dict), ``protocol_id``, ``test_acc`` (per seed), ``mean``,
         ``std`` (population std over seeds, ddof=0), ``runs`` (per-seed details with
         loss curves), ``support`` (size, digest, method), ``dataset``, ``n_test``,
-        ``seconds``, ``machine``, ``kdistill_version``.
+        ``seconds``, ``device`` (the one used: ``"cpu"``, ``"cuda:0"``, ...), ``machine``
+        (also holding ``device``), ``kdistill_version``.
     Raises:
-        ConfigError, DataError (also: the data differ from the artifact's, see
+        ConfigError (also: a malformed or absent ``device``, checked before any data is
+        loaded), DataError (also: the data differ from the artifact's, see
         ``check_data``), DataFileError.
         NumericalError: a network diverged (NaN/Inf loss or weights); the message names
             the seed and step and the protocol fields to lower. No accuracy is returned
@@ -271,6 +329,7 @@ def evaluate_nn(
     from kdistill.version import __version__
     from kdistill.errors import NumericalError
 
+    dev = resolve_device(device)
     if data is None:
         from kdistill.core.config import DistillConfig
         from kdistill.runtime.evaluate import prepare_with_transform
@@ -283,7 +342,7 @@ def evaluate_nn(
     for i, seed in enumerate(protocol.seeds):
         cb = None if progress is None else (lambda done, i=i: progress(i, done))
         run = train_one(protocol, seed, artifact.images, targets, data.x_test, data.y_test,
-                        data.num_classes, progress=cb)
+                        data.num_classes, progress=cb, device=dev)
         if run["diverged"]:
             bad = next((k for k, v in enumerate(run["loss"]) if not math.isfinite(v)), None)
             where = (f"its loss became {run['loss'][bad]} at step {bad + 1} of {protocol.steps}" if bad is not None
@@ -314,7 +373,8 @@ def evaluate_nn(
         "dataset": artifact.dataset.get("name", artifact.config.get("dataset")),
         "n_test": int(len(data.x_test)),
         "seconds": time.perf_counter() - start,
-        "machine": machine_info(),
+        "device": str(dev),
+        "machine": machine_info(dev),
         "kdistill_version": __version__,
     }
 

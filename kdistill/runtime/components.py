@@ -54,7 +54,7 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
         UnknownComponentError, ConfigError, IncompatibleComponentsError.
     """
     registry = registry or get_registry()
-    backend = registry.backend(config.backend)
+    backend = registry.backend(config.backend, config.device)
     apply_threads(config.threads)  # after the backend's import, before its first computation
     kernel = build_component(registry, "kernels", config.kernel, backend)
     eval_spec = config.eval_kernel or config.kernel

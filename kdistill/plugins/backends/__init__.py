@@ -9,16 +9,16 @@ from __future__ import annotations
 from kdistill.core.hookspecs import hookimpl
 
 
-def _jax():
+def _jax(device: str = "auto"):
     from kdistill.plugins.backends.jax_backend import JaxBackend
 
-    return JaxBackend()
+    return JaxBackend(device)
 
 
-def _torch():
+def _torch(device: str = "auto"):
     from kdistill.plugins.backends.torch_backend import TorchBackend
 
-    return TorchBackend()
+    return TorchBackend(device)
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from kdistill.core.backend import CHOLESKY_JITTERS, Backend, TrainStep, check_state, step_parts
+from kdistill.core.backend import CHOLESKY_JITTERS, Backend, TrainStep, check_state, parse_device, step_parts
 from kdistill.errors import CheckpointError, ConfigError
 
 
@@ -109,11 +109,16 @@ class JaxStep(TrainStep):
             )
             return apply(state, grads), {"loss": loss, "finite": finite}
 
-        self._gradients, self._apply, self._step = jax.jit(gradients), jax.jit(apply), jax.jit(step)
+        # on a mesh: the batch arrives sharded over "data", parameters and optimizer state
+        # replicated; XLA partitions the step and all-reduces the gradients, and every
+        # output is kept replicated
+        kw = {} if backend.mesh is None else {"out_shardings": backend._replicated}
+        self._gradients, self._apply, self._step = (jax.jit(gradients, **kw), jax.jit(apply, **kw),
+                                                    jax.jit(step, **kw))
 
     def init(self, params):
         p = {k: self.backend.asarray(v, self.dtype) for k, v in params.items()}
-        return JaxState(p, self._tx.init(p))
+        return self.backend.replicate(JaxState(p, self._tx.init(p)))
 
     def gradients(self, state, *batch):
         return self._gradients(state, *batch)
@@ -125,14 +130,14 @@ class JaxStep(TrainStep):
         return self._step(state, *batch)
 
     def params(self, state):
-        return {k: np.array(v) for k, v in state.params.items()}
+        return {k: np.array(self.backend.to_numpy(v)) for k, v in state.params.items()}
 
     def to_arrays(self, state):
         """``params/<name>`` arrays and ``opt/<i:04d>``, the leaves of the optax state in
         ``jax.tree_util`` order."""
-        out = {f"params/{k}": np.array(v) for k, v in state.params.items()}
+        out = {f"params/{k}": v for k, v in self.params(state).items()}
         leaves = self._jax.tree_util.tree_leaves(state.opt)
-        out.update({f"opt/{i:04d}": np.array(leaf) for i, leaf in enumerate(leaves)})
+        out.update({f"opt/{i:04d}": np.array(self.backend.to_numpy(leaf)) for i, leaf in enumerate(leaves)})
         return out
 
     def from_arrays(self, arrays, like=None):
@@ -151,7 +156,36 @@ class JaxStep(TrainStep):
         opt = self._jax.tree_util.tree_unflatten(
             treedef, [jnp.asarray(arrays[f"opt/{i:04d}"]) for i in range(treedef.num_leaves)]
         )
-        return JaxState({k: jnp.asarray(arrays[f"params/{k}"]) for k in names}, opt)
+        return self.backend.replicate(JaxState({k: jnp.asarray(arrays[f"params/{k}"]) for k in names}, opt))
+
+
+def jax_devices(jax, device: str) -> list:
+    """The devices a ``device`` setting names (:func:`~kdistill.core.backend.parse_device`):
+    ``auto``, every device of JAX's default platform; ``cpu``/``gpu``/``tpu``, every
+    device of that platform (of all processes under ``jax.distributed``); with an index,
+    that one local device.
+
+    Raises:
+        ConfigError: a platform JAX does not see (the message names what it sees).
+    """
+    kind, index = parse_device(device)
+    try:
+        if kind == "auto":
+            found = jax.devices()
+        elif kind == "mps":
+            raise RuntimeError("JAX has no 'mps' platform")
+        else:
+            found = jax.local_devices(backend=kind) if index is not None else jax.devices(kind)
+        if index is not None:
+            found = [found[index]]
+    except (RuntimeError, IndexError) as exc:
+        seen = ", ".join(sorted({f"{d.platform} ({n})" for d in jax.devices()
+                                 for n in [sum(e.platform == d.platform for e in jax.devices())]}))
+        hint = (" For GPUs install the CUDA build: pip install -e '.[jax-cuda]' (see the README's 'GPUs and "
+                "clusters')." if kind in ("gpu", "tpu") else "")
+        raise ConfigError(f"device={device!r}: JAX {jax.__version__} sees no such device ({exc}); it sees "
+                          f"{seen}.{hint} Use device='auto' for what is there.") from exc
+    return list(found)
 
 
 class JaxBackend(Backend):
@@ -159,7 +193,7 @@ class JaxBackend(Backend):
 
     name = "jax"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         import jax
         import jax.numpy as jnp
 
@@ -167,12 +201,76 @@ class JaxBackend(Backend):
         self._jax = jax
         self.xp = jnp
         self._safe_arccos = _build_safe_arccos()
+        self.device = device
+        self.devices = jax_devices(jax, device)
+        self.mesh = self._replicated = self._rows = None
+        if len(self.devices) > 1:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            self.mesh = Mesh(np.array(self.devices), ("data",))
+            self._replicated = NamedSharding(self.mesh, PartitionSpec())
+            self._rows = NamedSharding(self.mesh, PartitionSpec("data"))
+        elif self.devices[0] != jax.devices()[0]:
+            jax.config.update("jax_default_device", self.devices[0])
+
+    # -- devices and data parallelism --------------------------------------------------
+    @property
+    def shards(self) -> int:
+        """The devices of the mesh: every device of the chosen platform, of every process
+        under ``jax.distributed`` (1 for a single device)."""
+        return len(self.devices)
+
+    @property
+    def process_index(self) -> int:
+        return self._jax.process_index()
+
+    @property
+    def process_count(self) -> int:
+        return self._jax.process_count()
+
+    def describe_devices(self) -> str:
+        d = self.devices[0]
+        where = f" in {self.process_count} processes" if self.process_count > 1 else ""
+        return f"{len(self.devices)} x {d.platform}{where}" if self.mesh is not None else f"{d.platform}:{d.id}"
+
+    def _global(self, x: np.ndarray, sharding) -> Any:
+        """A global array of ``sharding`` from the full numpy ``x`` every process holds."""
+        return self._jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     def asarray(self, x, dtype=None):
-        return self.xp.asarray(x, dtype=None if dtype is None else self.dtype(dtype))
+        dt = None if dtype is None else self.dtype(dtype)
+        if self.mesh is None or isinstance(x, self._jax.Array):
+            return self.xp.asarray(x, dtype=dt)
+        return self._global(np.asarray(x, dtype=dt), self._replicated)  # replicated on the mesh
+
+    def shard_rows(self, x, dtype=None):
+        if self.mesh is None:
+            return self.asarray(x, dtype)
+        x = np.asarray(x, dtype=None if dtype is None else np.dtype(dtype))
+        if len(x) % self.shards:
+            raise ValueError(f"{len(x)} rows cannot be split evenly over {self.shards} devices")
+        return self._global(x, self._rows)
+
+    def replicate(self, tree):
+        """``tree``'s arrays replicated on the mesh (unchanged without a mesh)."""
+        if self.mesh is None:
+            return tree
+        return self._jax.jit(lambda t: t, out_shardings=self._replicated)(tree)
 
     def to_numpy(self, x):
+        if isinstance(x, self._jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
+
+    def barrier(self):
+        if self.process_count > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("kdistill")
 
     def is_concrete(self, x) -> bool:
         return not isinstance(x, self._jax.core.Tracer)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kdistill.core.backend import CHOLESKY_JITTERS, Backend, TrainStep, check_state, step_parts
+from kdistill.core.backend import CHOLESKY_JITTERS, Backend, TrainStep, check_state, parse_device, step_parts
 from kdistill.errors import CheckpointError, ConfigError
 
 
@@ -73,7 +73,28 @@ class TorchStep(TrainStep):
         leaves = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
         loss = self.loss_fn(leaves, *batch)
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        if self.backend.group:
+            return self.mean_over_processes(loss.detach(), dict(zip(leaves, grads)))
         return loss.detach(), dict(zip(leaves, grads))
+
+    def mean_over_processes(self, loss, grads):
+        """``(loss, grads)`` averaged over the process group: one all-reduce (sum) of the
+        flattened loss and gradients, divided by the number of processes. Each process
+        holds the mean over an equal share of the target batch (``Backend.shard_rows``),
+        so this is the mean over the whole batch, as on one process. A gradient that is
+        None (parameter unused) stays None: every process computes the same graph."""
+        torch = self._torch
+        present = [k for k, g in grads.items() if g is not None]
+        flat = torch.cat([loss.reshape(1).to(torch.float64)]
+                         + [grads[k].reshape(-1).to(torch.float64) for k in present])
+        torch.distributed.all_reduce(flat)
+        flat = flat / self.backend.process_count
+        out, offset = dict(grads), 1
+        for k in present:
+            g = grads[k]
+            out[k] = flat[offset:offset + g.numel()].reshape(g.shape).to(g.dtype)
+            offset += g.numel()
+        return flat[0].to(loss.dtype), out
 
     def learning_rate(self, count: int | None) -> float:
         """The learning rate of the update after ``count`` updates."""
@@ -142,13 +163,69 @@ class TorchStep(TrainStep):
             elif field != "step" and value.shape != tuple(expected[name].shape):
                 problems.append(f"{key} has shape {list(value.shape)}, expected {list(expected[name].shape)}")
             else:
-                opt.setdefault(name, {})[field] = torch.tensor(value)
+                opt.setdefault(name, {})[field] = torch.tensor(value)  # load_state_dict moves it to the device
         if not self.schedule.constant and count is None:
             problems.append("missing opt/count (the update count of a non-constant schedule)")
         if problems:
             raise CheckpointError(f"the saved state does not fit this torch step: {'; '.join(problems)}")
-        p = {k: torch.from_numpy(np.array(arrays[f"params/{k}"])) for k in expected}
+        p = {k: self.backend.asarray(np.array(arrays[f"params/{k}"])) for k in expected}
         return TorchState(p, opt, count)
+
+
+#: Seconds a collective of the process group waits for the other processes before it fails.
+PROCESS_GROUP_TIMEOUT_S = 600
+
+
+def init_process_group(torch) -> str | None:
+    """Join the ``torch.distributed`` process group of a ``torchrun`` launch: when the
+    environment names more than one process (``WORLD_SIZE``, with ``RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``), initialize it (NCCL with CUDA, gloo otherwise)
+    unless that was done already. Returns the group's backend name, or None for a
+    single process."""
+    import os
+    from datetime import timedelta
+
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_backend() if dist.get_world_size() > 1 else None
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_available():
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for torch.distributed, which this torch "
+                          f"{torch.__version__} build lacks")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
+    return backend
+
+
+def torch_device(torch, device: str):
+    """The ``torch.device`` of a ``device`` setting (:func:`~kdistill.core.backend.parse_device`):
+    ``auto`` is CUDA when torch sees a GPU, else CPU; ``cuda``/``gpu`` without an index is
+    the GPU of this process's ``LOCAL_RANK`` (``torchrun``), 0 otherwise.
+
+    Raises:
+        ConfigError: a device torch does not see (the message says what to install).
+    """
+    import os
+
+    kind, index = parse_device(device)
+    if kind == "auto":
+        kind = "gpu" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "gpu":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(os.environ.get("LOCAL_RANK", "0")) if index is None else index
+        if index >= count:
+            raise ConfigError(
+                f"device={device!r}: torch {torch.__version__} sees {count} CUDA device(s) and this process "
+                f"would use cuda:{index}. Install a CUDA build of torch (the README's 'GPUs and clusters' names "
+                "the wheel index) or use device='cpu'")
+        return torch.device("cuda", index)
+    if kind == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    raise ConfigError(f"device={device!r}: torch {torch.__version__} has no such device here; use 'auto', "
+                      "'cpu' or 'cuda'")
 
 
 class TorchBackend(Backend):
@@ -156,13 +233,36 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         import array_api_compat.torch as xp
         import torch
 
         self._torch = torch
         self.xp = xp
         self._safe_arccos = _build_safe_arccos()
+        self.device = device
+        self.group = init_process_group(torch)
+        self.torch_device = torch_device(torch, device)
+        if self.torch_device.type == "cuda":
+            torch.cuda.set_device(self.torch_device)
+
+    # -- devices and data parallelism --------------------------------------------------
+    @property
+    def shards(self) -> int:
+        """The processes of the ``torch.distributed`` process group (1 without one)."""
+        return self.process_count
+
+    @property
+    def process_index(self) -> int:
+        return self._torch.distributed.get_rank() if self.group else 0
+
+    @property
+    def process_count(self) -> int:
+        return self._torch.distributed.get_world_size() if self.group else 1
+
+    def describe_devices(self) -> str:
+        where = f" x {self.process_count} processes ({self.group})" if self.group else ""
+        return f"{self.torch_device}{where}"
 
     def asarray(self, x, dtype=None):
         torch = self._torch
@@ -170,10 +270,37 @@ class TorchBackend(Backend):
             t = x
         else:
             t = torch.from_numpy(np.asarray(x, order="C"))
+        if t.device != self.torch_device:
+            t = t.to(self.torch_device)
         return t if dtype is None else t.to(self.dtype(dtype))
 
     def to_numpy(self, x):
         return x.detach().cpu().numpy()
+
+    def shard_rows(self, x, dtype=None):
+        n, k = len(x), self.shards
+        if n % k:
+            raise ValueError(f"{n} rows cannot be split evenly over {k} processes")
+        r = self.process_index
+        return self.asarray(x[r * (n // k):(r + 1) * (n // k)], dtype)
+
+    def gather_rows(self, x):
+        if not self.group:
+            return self.to_numpy(x)
+        parts = [self._torch.empty_like(x) for _ in range(self.shards)]
+        self._torch.distributed.all_gather(parts, x.contiguous())
+        return self.to_numpy(self._torch.cat(parts))
+
+    def sum_shards(self, x):
+        if not self.group:
+            return x
+        out = x.detach().clone()
+        self._torch.distributed.all_reduce(out)
+        return out
+
+    def barrier(self):
+        if self.group:
+            self._torch.distributed.barrier()
 
     def is_concrete(self, x) -> bool:
         return True
@@ -205,7 +332,7 @@ class TorchBackend(Backend):
         torch = self._torch
         n = a.shape[-1]
         scale = torch.diagonal(a).mean()
-        eye = torch.eye(n, dtype=a.dtype)
+        eye = torch.eye(n, dtype=a.dtype, device=a.device)
         for jitter in CHOLESKY_JITTERS:
             chol, info = torch.linalg.cholesky_ex(a + jitter * scale * eye)
             if int(info) == 0 and bool(self.pivots_ok(torch.diagonal(chol) ** 2)) and bool(torch.isfinite(chol).all()):
@@ -234,8 +361,9 @@ class TorchBackend(Backend):
         return out.permute(0, 2, 3, 1)
 
     def normal(self, seed, shape, dtype="float32"):
+        # drawn on the host CPU generator, so a seed gives the same numbers on every device
         gen = self._torch.Generator().manual_seed(int(seed))
-        return self._torch.randn(shape, generator=gen, dtype=self.dtype(dtype))
+        return self.asarray(self._torch.randn(shape, generator=gen, dtype=self.dtype(dtype)))
 
     def value_and_grad(self, fn):
         torch = self._torch

@@ -22,6 +22,7 @@ from kdistill.core.krr import (
     check_targets,
     iter_blocks,
     krr_predict,
+    pad_rows,
 )
 from kdistill.core.sampling import TargetSampler
 from kdistill.core.validators import plain
@@ -102,13 +103,21 @@ def label_solve(
             top_up(n_s)
         gram = xp.zeros((n_s, n_s), dtype=b.dtype("float64"))
         rhs = xp.zeros((n_s, y_t.shape[1]), dtype=b.dtype("float64"))
-        for sl in iter_blocks(len(x_t), block_size):
-            k_st = b.cast(kernel(xs, b.asarray(x_t[sl], dtype)), "float64")  # [n_s, m]
+        for sl in iter_blocks(len(x_t), block_size * b.shards):  # a block's targets split over the shards
+            x_b, y_b, keep = x_t[sl], y_t[sl], None
+            if b.shards > 1:  # pad to a multiple of the shards; padded targets get weight 0
+                x_b, y_b = pad_rows(x_b, b.shards), pad_rows(y_b, b.shards)
+                keep = b.shard_rows(np.arange(len(x_b)) < sl.stop - sl.start, "float64")
+            k_st = b.cast(kernel(xs, b.shard_rows(x_b, dtype)), "float64")  # [n_s, m]
             a_t = solver.solve(k_ss, k_st, ridge)  # (K_ss + lam I)^-1 K_st = A^T [n_s, m]
+            if keep is not None:
+                a_t = a_t * keep
             gram = gram + a_t @ a_t.T
-            rhs = rhs + a_t @ b.asarray(y_t[sl], "float64")
+            rhs = rhs + a_t @ b.shard_rows(y_b, "float64")
             if progress is not None:
                 top_up(sl.stop - sl.start)
+    # torch processes hold partial sums over their targets; a JAX mesh's are global already
+    gram, rhs = b.sum_shards(gram), b.sum_shards(rhs)
     y_s = solver.solve(gram, rhs, label_ridge)
     return check_finite(b.to_numpy(y_s), "solved labels", ridge, dtype)
 

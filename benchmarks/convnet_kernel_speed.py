@@ -10,10 +10,17 @@ pooling, the later layers).
 
     python benchmarks/convnet_kernel_speed.py [--kind ntk] [--pairs 16 32] [--nt-pairs 4 4]
         [--sizes 28x28x1 32x32x3] [--backends jax torch torch-compiled nt] [--dtype float32]
-        [--depth 3] [--no-pool] [--torch-threads N] [--profile]
+        [--depth 3] [--no-pool] [--torch-threads N] [--profile] [--device auto] [--data-dir DIR]
 
 ``--depth`` and ``--no-pool`` change the architecture (a :class:`~kdistill.ops.convnet.ConvNetSpec`,
 which both our kernel and the neural-tangents network are built from).
+
+``--device`` is our backends' device setting (``auto``: the first accelerator each
+library sees, else the CPU; ``cpu``, ``cuda``, ``cuda:1``, ...; neural-tangents runs on
+JAX's default device); the device used is printed. ``--data-dir`` (a folder holding
+``mnist/`` and ``cifar-10/``, e.g. ``../shared/data``) pairs real standardized training
+images (``kip_step_time.image_source``) instead of standard-normal arrays; the cost does
+not depend on the values.
 
 Run it on an otherwise idle machine: the numbers scale with free cores.
 """
@@ -24,7 +31,9 @@ import argparse
 import math
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -47,17 +56,19 @@ def nt_kernel_fn(depth: int = 3, pool: bool = True):
 
 
 def time_ours(name: str, x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int,
-              depth: int = 3, pool: bool = True):
-    """``name``: ``jax``, ``torch`` (eager) or ``torch-compiled`` (``compile=True``)."""
+              depth: int = 3, pool: bool = True, device: str = "auto"):
+    """``name``: ``jax``, ``torch`` (eager) or ``torch-compiled`` (``compile=True``), on
+    ``device`` (the backends' device setting)."""
     from kdistill.core.registry import get_registry
     from kdistill.plugins.kernels.convnet import ConvNetKernel
 
-    b = get_registry().backend(name.split("-")[0])
+    b = get_registry().backend(name.split("-")[0], device)
     k = ConvNetKernel(kind=kind, depth=depth, pool=pool, compile=name.endswith("compiled")).bind(b)
     a1, a2 = b.asarray(x1, dtype), b.asarray(x2, dtype)
     start = time.perf_counter()
     b.to_numpy(k(a1, a2))  # warm-up: compile, variance cache of x2 (as in evaluation)
-    print(f"  ({name}: first call incl. compilation {time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"  ({name} on {b.describe_devices()}: first call incl. compilation {time.perf_counter() - start:.0f} s)",
+          flush=True)
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
@@ -81,7 +92,7 @@ def time_nt(x1: np.ndarray, x2: np.ndarray, kind: str, dtype: str, repeats: int,
     return out, x1.shape[0] * x2.shape[0] / best
 
 
-def profile_jax(shape, kind: str, dtype: str) -> None:
+def profile_jax(shape, kind: str, dtype: str, device: str = "auto") -> None:
     """Milliseconds per image pair of the pieces of one tile (1 x 4 pairs), JAX."""
     import jax
 
@@ -89,7 +100,7 @@ def profile_jax(shape, kind: str, dtype: str) -> None:
     from kdistill.plugins.kernels import convnet as cn
     from kdistill.ops.arccos import relu_layer
 
-    b = get_registry().backend("jax")
+    b = get_registry().backend("jax", device)
     xp = b.xp
     k = cn.ConvNetKernel(kind=kind).bind(b)
     rng = np.random.default_rng(0)
@@ -159,6 +170,9 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=3, help="conv blocks (default 3, the papers')")
     ap.add_argument("--no-pool", action="store_true", help="no average pooling (the convnet-nopool kernel)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--device", default="auto",
+                    help="device setting of our backends: auto (default), cpu, cuda, cuda:1, gpu, ...")
+    ap.add_argument("--data-dir", help="a folder holding mnist/ and cifar-10/: real images instead of random arrays")
     args = ap.parse_args()
     if args.torch_threads:
         import torch
@@ -170,12 +184,20 @@ def main() -> None:
         ap.error("--profile measures the default architecture (depth 3, pooled)")
     block = "conv3x3+ReLU+avgpool" if pool else "conv3x3+ReLU"
     print(f"ConvNet {args.kind.upper()} ({args.depth} x {block}, Flatten, Dense), {args.dtype}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; device {args.device!r}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kip_step_time import image_source
+
     for text in args.sizes:
         shape = _shape(text)
+        draw, source = image_source(shape, args.data_dir)
+        print(f"{text} inputs: {source}")
         rng = np.random.default_rng(0)
-        x1 = rng.standard_normal((args.pairs[0], *shape))
-        x2 = rng.standard_normal((args.pairs[1], *shape))
+        if args.data_dir:
+            x1, x2 = (draw(n, rng)[0].astype(np.float64) for n in args.pairs)
+        else:  # float64 normals, as before --data-dir existed
+            x1 = rng.standard_normal((args.pairs[0], *shape))
+            x2 = rng.standard_normal((args.pairs[1], *shape))
         n1, n2 = args.nt_pairs
         results = {}
         for name in args.backends:
@@ -187,7 +209,8 @@ def main() -> None:
                     continue
                 results[name] = (out, rate, (n1, n2))
             else:
-                out, rate = time_ours(name, x1, x2, args.kind, args.dtype, args.repeats, args.depth, pool)
+                out, rate = time_ours(name, x1, x2, args.kind, args.dtype, args.repeats, args.depth, pool,
+                                      args.device)
                 results[name] = (out, rate, x1.shape[:1] + x2.shape[:1])
         nt_rate = results["nt"][1] if "nt" in results else None
         print(f"\n{text}:")
@@ -201,7 +224,7 @@ def main() -> None:
                 diff = f"{np.max(np.abs(out[:n1, :n2] - ref) / np.abs(ref)):.1e}"
             print(f"  {label:24s} {pairs[0]:>4d}x{pairs[1]:<4d} {rate:10.1f} {speedup:>7s} {diff:>19s}")
         if args.profile:
-            profile_jax(shape, args.kind, args.dtype)
+            profile_jax(shape, args.kind, args.dtype, args.device)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,15 @@ warm-up step of each shape includes its compilation (seconds; not timed).
 
     python benchmarks/rfad_step_time.py [--sizes 10 50 100 200 500] [--target-batch 256]
         [--n-models 4] [--width 64] [--backends jax torch] [--exact-backend jax]
-        [--steps 3] [--max-seconds 600] [--shape 32x32x3]
+        [--steps 3] [--max-seconds 600] [--shape 32x32x3] [--device auto] [--data-dir DIR]
+
+``--device`` is the backends' device setting (``auto``: the first accelerator each
+library sees, else the CPU; ``cpu``, ``cuda``, ``cuda:1``, ...); the device used is
+printed. ``--data-dir`` (CIFAR-10's batches for 32x32x3, MNIST's files for 28x28x1, or a
+folder holding ``cifar-10/`` / ``mnist/``) makes the support set and target batch
+class-balanced real training images (``kip_step_time.image_source``); without it they
+are standard-normal arrays. The RFAD paper's CIFAR-10 setting is ``--n-models 8
+--width 256 --target-batch 5120``.
 
 Run it on an otherwise idle machine: the numbers scale with free cores.
 """
@@ -23,7 +31,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -33,19 +43,26 @@ from kdistill.core.loop import make_kip_loss
 from kdistill.core.contracts import step_seed
 from kdistill.core.sampling import centered_one_hot
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kip_step_time import image_source  # noqa: E402  (the benchmarks' shared input drawing)
 
-def make_step(config: DistillConfig, n_support: int, target_batch: int, shape: tuple[int, int, int]):
-    """A function running one KIP step per call (the first call compiles)."""
+
+def make_step(config: DistillConfig, n_support: int, target_batch: int, shape: tuple[int, int, int], draw=None):
+    """A function running one KIP step per call (the first call compiles), on
+    ``config.device``; ``draw``: :func:`kip_step_time.image_source`'s (default: random)."""
     comps = build_components(config)
     b = comps.backend
+    draw = draw or image_source(shape)[0]
     rng = np.random.default_rng(0)
-    y_s = centered_one_hot(np.arange(n_support) % 10, 10)
-    params = {"x_s": rng.standard_normal((n_support, *shape)).astype(np.float32), "y_s": y_s}
+    x_s, ids_s = draw(n_support, rng)
+    y_s = centered_one_hot(ids_s, 10)
+    params = {"x_s": x_s, "y_s": y_s}
     params.update({f"loss/{k}": v for k, v in comps.loss.init_params().items()})
     train = b.make_step(make_kip_loss(comps, config, b.asarray(y_s, "float64")), "adam", lr=1e-3)
     state = [train.init(params)]
-    x_t = b.asarray(rng.standard_normal((target_batch, *shape)).astype(np.float32))
-    y_t = b.asarray(centered_one_hot(np.arange(target_batch) % 10, 10), "float64")
+    x_t, ids_t = draw(target_batch, rng)
+    x_t = b.asarray(x_t)
+    y_t = b.asarray(centered_one_hot(ids_t, 10), "float64")
     counter = [0]
 
     def step():
@@ -92,27 +109,41 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-seconds", type=float, default=600.0, help="longest exact step to measure")
     ap.add_argument("--shape", default="32x32x3")
+    ap.add_argument("--device", default="auto",
+                    help="device setting of the backends: auto (default), cpu, cuda, cuda:1, gpu, ...")
+    ap.add_argument("--data-dir", help="the dataset of --shape (CIFAR-10 / MNIST files, or a folder holding "
+                                       "cifar-10/ / mnist/): real images instead of random arrays")
     args = ap.parse_args()
     shape = tuple(int(v) for v in args.shape.split("x"))
+    if len(args.sizes) < 2:
+        ap.error("--sizes needs at least two support sizes (for the fitted exponents)")
+    from kdistill.core.registry import get_registry
+
+    draw, source = image_source(shape, args.data_dir)
+    used = list(dict.fromkeys(args.backends + ([args.exact_backend] if args.exact_backend != "none" else [])))
+    devices = ", ".join(f"{b} {get_registry().backend(b, args.device).describe_devices()}" for b in used)
+    print(f"device {args.device!r}: {devices}; inputs: {source}")
     rf = {"name": "rf-convnet", "n_models": args.n_models, "width": args.width}
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; inputs {args.shape}, target batch "
           f"{args.target_batch}, learned labels, Platt loss; RFAD: rf-convnet N={args.n_models} C={args.width} + "
           f"feature solver; exact: convnet NNGP (3 blocks, avg-pool) + cholesky; mean of {args.steps} steps after warm-up")
     rows: dict[str, list[float]] = {}
     for backend in args.backends:
-        cfg = DistillConfig(backend=backend, kernel=rf, solver="feature", loss="platt", learn_labels=True)
+        cfg = DistillConfig(backend=backend, kernel=rf, solver="feature", loss="platt", learn_labels=True,
+                            device=args.device)
         rows[f"rfad-{backend}"] = []
         for n in args.sizes:
-            rows[f"rfad-{backend}"].append(seconds_per_step(make_step(cfg, n, args.target_batch, shape), args.steps))
+            rows[f"rfad-{backend}"].append(
+                seconds_per_step(make_step(cfg, n, args.target_batch, shape, draw), args.steps))
             print(f"  rfad {backend:>5} support {n:>4}: {rows[f'rfad-{backend}'][-1]:.4f} s/step", flush=True)
     exact_measured: list[tuple[int, float]] = []
     if args.exact_backend != "none":
         cfg = DistillConfig(backend=args.exact_backend, kernel={"name": "convnet", "kind": "nngp"}, loss="platt",
-                            learn_labels=True)
+                            learn_labels=True, device=args.device)
         for n in args.sizes:
             if exact_measured and _by_pairs(exact_measured[-1], n, args.target_batch) > args.max_seconds:
                 break
-            t = seconds_per_step(make_step(cfg, n, args.target_batch, shape), 1)
+            t = seconds_per_step(make_step(cfg, n, args.target_batch, shape, draw), 1)
             exact_measured.append((n, t))
             print(f"  exact {args.exact_backend:>5} support {n:>4}: {t:.2f} s/step", flush=True)
     print()

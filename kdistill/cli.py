@@ -373,16 +373,26 @@ def _write_outputs(out: Path, cfg, result, grid: bool) -> None:
 @click.option("--progress/--no-progress", "nn_progress", default=True,
               help="Progress bar on stderr (also off with -q).")
 @threads_option
+@device_option
+@distributed_options
 @allow_data_mismatch_option
 @json_option
 def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_file=None, nn_sets=(),
              seeds=None, nn_out=None, nn_progress=True, threads=None, allow_data_mismatch=False,
-             as_json=False) -> None:
+             as_json=False, device=None, coordinator=None, num_processes=None, process_id=None) -> None:
     """KRR test accuracy of ARTIFACT (a distilled.npz or its run directory); with
     --nn convnet|fc, finite-network test accuracy (mean ± std over seeds) instead.
 
     The KRR result is written (sealed JSON) to eval_<kernel>.json beside the artifact
-    (or --out), under the run directory's lock; --json prints it on stdout."""
+    (or --out), under the run directory's lock; --json prints it on stdout. KRR
+    evaluation splits the test images over the devices of a JAX mesh, the processes of
+    a torchrun launch or of --coordinator (process 0 writes and prints)."""
+    from kdistill.runtime.distributed import is_primary
+
+    try:
+        _join(coordinator, num_processes, process_id)
+    except KdistillError as exc:
+        _fail(exc)
     if nn_model:
         from kdistill.nn.commands import evaluate_nn_command
 
@@ -397,7 +407,7 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
                 except KdistillError as exc:
                     _fail(exc)
             evaluate_nn_command(artifact, nn_model, protocol_file, nn_sets, seeds, data_dir, nn_out, nn_progress,
-                                threads, allow_data_mismatch, as_json=as_json)
+                                threads, allow_data_mismatch, as_json=as_json, device=device or "auto")
         return
     from kdistill.io.artifact import load
     from kdistill.log import logger
@@ -407,16 +417,21 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
     path = Path(artifact)
     if path.is_dir():
         path = path / "distilled.npz"
+    primary = is_primary()
     with contextlib.ExitStack() as stack:
-        if nn_out is None and path.parent.is_dir():  # eval_<kernel>.json goes into the run directory
+        if nn_out is None and path.parent.is_dir() and primary:  # eval_<kernel>.json goes into the run directory
             from kdistill.nn.commands import run_dir_lock
 
             try:
                 stack.enter_context(run_dir_lock(path.parent))
             except KdistillError as exc:
                 _fail(exc)
-        res, target = _evaluate_krr(path, kernel, data_dir, backend, sets, nn_out, nn_progress, threads,
-                                    allow_data_mismatch, logger, load, evaluate_artifact, use_progress)
+        if device:
+            sets = (*sets, f"device={device}")
+        res, target = _evaluate_krr(path, kernel, data_dir, backend, sets, nn_out, nn_progress and primary,
+                                    threads, allow_data_mismatch, logger, load, evaluate_artifact, use_progress)
+    if not primary:
+        return
     if as_json:
         _print_json(res)
         return

@@ -182,8 +182,8 @@ def parse_device(spec: str) -> tuple[str, int | None]:
     Raises:
         ConfigError: any other text (the message lists the accepted forms).
     """
-    kind, _, index = str(spec).strip().lower().partition(":")
-    if kind not in DEVICE_KINDS or (index and not index.isdigit()) or (kind == "auto" and index):
+    kind, sep, index = str(spec).strip().lower().partition(":")
+    if kind not in DEVICE_KINDS or (sep and not index.isdigit()) or (kind == "auto" and sep):
         raise ConfigError(
             f"device must be one of {', '.join(DEVICE_KINDS)}, optionally with a device index such as "
             f"'cuda:1' (not for 'auto'); got {spec!r}")

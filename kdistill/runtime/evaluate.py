@@ -147,5 +147,8 @@ def write_krr_result(path, overrides: dict[str, Any], *, check_data: bool = True
                                                                       "backend", "dtype", "solver")}}
     target = Path(out) if out else Path(path).parent / f"eval_{res['eval_kernel']['name']}.json"
     res["result_file"] = str(target)
-    write_json_sealed(target, res)
+    from kdistill.runtime.distributed import is_primary
+
+    if is_primary():  # in a run of several processes, every one scores and one writes
+        write_json_sealed(target, res)
     return res, target

@@ -374,7 +374,7 @@ def main() -> None:
     started = datetime.datetime.now().astimezone()
     log(f"date: {started:%Y-%m-%d %H:%M %Z}; machine: {cpu_model()}, {cores} cores usable, no GPU used; "
         f"load average (1 min) before: {os.getloadavg()[0]:.2f}")
-    log(f"data: {'MNIST from ' + data_dir if data_dir else 'embedded digits (MNIST not found)'}; "
+    log(f"data: {'MNIST from ' + data_dir if data_dir else 'embedded digits (--data-dir none, or no MNIST there)'}; "
         f"{args.warmup} warm-up steps (not timed), then median/min of {args.steps} timed KIPRun.advance() steps")
     for n in args.configs:
         log(f"  {n}: {describe_config(config_dict(n, args.quick, data_dir, cores, 0))}")

@@ -174,7 +174,14 @@ def test_kill_one_process_and_resume(how, tmp_path, results):
 
 
 def test_target_batch_must_split_evenly(tmp_path):
+    """A target_batch that does not split is refused; a capped one is trimmed."""
     proc = subprocess.run([*KDISTILL, "distill", *KIP_FC, "--target-batch", "201", "--out", str(tmp_path / "r")],
                           env=env(XLA_FLAGS=TWO_DEVICES), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2
     assert "target_batch=201" in proc.stderr and "multiple of 2" in proc.stderr and "200 or 202" in proc.stderr
+    # the whole training set (digits: 1437 images) as the batch: trimmed to 1436, with a warning
+    proc = subprocess.run([*KDISTILL, "distill", *KIP_FC, "--target-batch", "5000", "--steps", "1", "--out",
+                           str(tmp_path / "s")], env=env(XLA_FLAGS=TWO_DEVICES), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "has 1437 examples" in proc.stderr and "the last 1 are left out" in proc.stderr

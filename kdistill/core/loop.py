@@ -52,21 +52,25 @@ def make_kip_loss(comps: Components, config: DistillConfig, fixed_labels: Any) -
     return loss_fn
 
 
-def check_batch_split(batch: int, backend) -> None:
-    """Refuse a target batch that the backend's data-parallel shards cannot share evenly.
+def check_batch_split(target_batch: int, pool: int, backend) -> None:
+    """Refuse a ``target_batch`` that the backend's data-parallel shards cannot share evenly.
+
+    A batch capped at the training pool (``target_batch >= pool``), or one a class too
+    small to fill, is trimmed at each step instead (:meth:`KIPRun.advance`).
 
     Raises:
-        ConfigError: ``batch`` is not a multiple of ``backend.shards`` (the message names
-            the nearest sizes that are).
+        ConfigError: ``target_batch < pool`` is not a multiple of ``backend.shards`` (the
+            message names the nearest sizes that are, and how to use one device).
     """
     k = backend.shards
-    if batch % k:
+    if target_batch < pool and target_batch % k:
         from kdistill.errors import ConfigError
 
-        lower, upper = batch - batch % k, batch + k - batch % k
+        lower, upper = target_batch - target_batch % k, target_batch + k - target_batch % k
         raise ConfigError(
-            f"target_batch={batch} (capped at the training examples) cannot be split evenly over {k} devices/"
-            f"processes ({backend.describe_devices()}): use a multiple of {k}, e.g. {lower or upper} or {upper}")
+            f"target_batch={target_batch} cannot be split evenly over {k} devices/processes "
+            f"({backend.describe_devices()}): use a multiple of {k}, e.g. {lower or upper} or {upper}, or compute "
+            "on one device (device='cuda:0' / 'cpu:0')")
 
 
 def make_optimizer(config: DistillConfig, registry=None) -> tuple[Any, Any]:
@@ -137,13 +141,14 @@ class KIPRun:
     fingerprint: str = ""
     resumed: bool = False
     stop_reason: str | None = None
+    trimmed: bool = False  # a target batch was trimmed to split evenly (warned once)
     started: float = attrs.field(factory=time.perf_counter)
     sampler: Any = attrs.field(init=False)
     fixed_labels: Any = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         y = self.data.y_train if self.pool is None else self.data.y_train[self.pool]
-        check_batch_split(min(self.config.target_batch, len(y)), self.comps.backend)
+        check_batch_split(self.config.target_batch, len(y), self.comps.backend)
         self.sampler = TargetSampler(y, self.data.num_classes, self.config.target_batch, self.rng)
         self.fixed_labels = self.comps.backend.asarray(self.labels, "float64")
 
@@ -170,6 +175,15 @@ class KIPRun:
         config, data, b = self.config, self.data, self.comps.backend
         step = self.step + 1
         idx = self.sampler() if self.pool is None else self.pool[self.sampler()]
+        trim = len(idx) % b.shards  # a capped batch, or a class too small to fill its share
+        if trim:
+            if not self.trimmed:
+                warnings.warn(f"the target batch of step {step} has {len(idx)} examples (target_batch="
+                              f"{config.target_batch}, capped by the training examples per class); the last {trim} "
+                              f"are left out so that it splits evenly over {b.shards} devices/processes (also in "
+                              "later steps with such batches)", RuntimeWarning, stacklevel=2)
+                self.trimmed = True
+            idx = idx[:len(idx) - trim]
         # split over the backend's data-parallel shards (devices of a JAX mesh, torch
         # processes); every process draws the same indices and random weights
         batch = (b.shard_rows(data.x_train[idx], config.dtype), b.shard_rows(data.Y_train[idx], "float64"))

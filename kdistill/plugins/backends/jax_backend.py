@@ -65,6 +65,19 @@ class JaxState(NamedTuple):
     opt: Any
 
 
+def shard_map(fn, mesh, in_specs, out_specs):
+    """``jax.shard_map`` (JAX >= 0.7), else ``jax.experimental.shard_map.shard_map``; without
+    the replication check, which has no rule for ``while`` loops on older JAX (the
+    outputs are replicated by construction: they come out of a ``pmean``)."""
+    import jax
+
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map as legacy
+
+    return legacy(fn, mesh, in_specs, out_specs, check_rep=False)
+
+
 def _optax_transform(optimizer, schedule, lr: float, total_steps: int):
     """The optax GradientTransformation ``optimizer`` declares, at learning rate ``lr``
     (a plain float for a constant schedule, so the optax state is that of a run without a
@@ -95,39 +108,69 @@ class JaxStep(TrainStep):
         tx = self._tx = _optax_transform(optimizer, schedule, self.lr, self.total_steps)
         jnp = jax.numpy
 
-        def gradients(state, *batch):
-            return jax.value_and_grad(loss_fn)(state.params, *batch)
+        def make(value_and_grad):
+            """The jitted ``gradients``, ``apply`` and ``step`` around ``value_and_grad``."""
 
-        def apply(state, grads):
-            updates, opt = tx.update(grads, state.opt, state.params)
-            return JaxState(optax.apply_updates(state.params, updates), opt)
+            def gradients(state, *batch):
+                return value_and_grad(state.params, *batch)
 
-        def step(state, *batch):
-            loss, grads = gradients(state, *batch)
-            finite = jnp.isfinite(loss) & jax.tree_util.tree_reduce(
-                lambda a, g: a & jnp.all(jnp.isfinite(g)), grads, True
-            )
-            return apply(state, grads), {"loss": loss, "finite": finite}
+            def apply(state, grads):
+                updates, opt = tx.update(grads, state.opt, state.params)
+                return JaxState(optax.apply_updates(state.params, updates), opt)
 
-        # on a mesh: the batch arrives sharded over "data", parameters and optimizer state
-        # replicated; XLA partitions the step and all-reduces the gradients, and every
-        # output is kept replicated
-        kw = {} if backend.mesh is None else {"out_shardings": backend._replicated}
-        self._gradients, self._apply, self._step = (jax.jit(gradients, **kw), jax.jit(apply, **kw),
-                                                    jax.jit(step, **kw))
+            def step(state, *batch):
+                loss, grads = gradients(state, *batch)
+                finite = jnp.isfinite(loss) & jax.tree_util.tree_reduce(
+                    lambda a, g: a & jnp.all(jnp.isfinite(g)), grads, True
+                )
+                return apply(state, grads), {"loss": loss, "finite": finite}
+
+            # on a mesh every output (state, loss, gradients) is kept replicated
+            kw = {} if backend.mesh is None else {"out_shardings": backend._replicated}
+            return jax.jit(gradients, **kw), jax.jit(apply, **kw), jax.jit(step, **kw)
+
+        self._make = make
+        self._by_specs: dict = {}  # on a mesh: the jitted functions per sharding of the batch
+        if backend.mesh is None:
+            self._gradients, self._apply, self._step = make(jax.value_and_grad(loss_fn))
+
+    def _compiled(self, batch):
+        """``(gradients, apply, step)`` for this batch: on a mesh, data-parallel by
+        ``shard_map`` over the batch's sharding (:meth:`JaxBackend.shard_rows` arrays are
+        split over ``"data"``, all others replicated): each device takes the loss and
+        gradients of its share of the targets, and one ``pmean`` (an XLA all-reduce of
+        the loss and the support-set gradients) makes them the whole batch's. Equal
+        shares make the mean of the shards' means the batch mean."""
+        if self.backend.mesh is None:
+            return self._gradients, self._apply, self._step
+        jax = self._jax
+        specs = jax.tree_util.tree_map(self.backend.spec_of, batch)
+        leaves, treedef = jax.tree_util.tree_flatten(specs)
+        key = (tuple(leaves), treedef)
+        if key not in self._by_specs:
+            from jax.sharding import PartitionSpec
+
+            loss_fn = self.loss_fn
+
+            def local(params, *shard):
+                return jax.lax.pmean(jax.value_and_grad(loss_fn)(params, *shard), "data")
+
+            fn = shard_map(local, self.backend.mesh, (PartitionSpec(), *specs), PartitionSpec())
+            self._by_specs[key] = self._make(fn)
+        return self._by_specs[key]
 
     def init(self, params):
         p = {k: self.backend.asarray(v, self.dtype) for k, v in params.items()}
         return self.backend.replicate(JaxState(p, self._tx.init(p)))
 
     def gradients(self, state, *batch):
-        return self._gradients(state, *batch)
+        return self._compiled(batch)[0](state, *batch)
 
     def apply(self, state, grads):
-        return self._apply(state, grads)
+        return self._compiled(())[1](state, grads)
 
     def step(self, state, *batch):
-        return self._step(state, *batch)
+        return self._compiled(batch)[2](state, *batch)
 
     def params(self, state):
         return {k: np.array(self.backend.to_numpy(v)) for k, v in state.params.items()}
@@ -250,6 +293,16 @@ class JaxBackend(Backend):
         if len(x) % self.shards:
             raise ValueError(f"{len(x)} rows cannot be split evenly over {self.shards} devices")
         return self._global(x, self._rows)
+
+    def spec_of(self, x):
+        """The ``PartitionSpec`` of ``x`` on this backend's mesh (replicated for anything
+        else: numpy arrays, scalars, arrays on one device)."""
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
+            return sharding.spec
+        return PartitionSpec()
 
     def replicate(self, tree):
         """``tree``'s arrays replicated on the mesh (unchanged without a mesh)."""

@@ -616,8 +616,20 @@ def check_backend(backend: Any, *, seed: int = 0) -> None:
         backend = get_registry().backend(backend)
     rng = np.random.default_rng(seed)
     for part in (_backend_arrays, _backend_guarded, _backend_linalg, _backend_conv, _backend_randomness,
-                 _backend_autodiff):
+                 _backend_autodiff, _backend_shards):
         part(backend, rng, _Close(backend))
+
+
+def _backend_shards(b, rng, close) -> None:
+    name, k = b.name, b.shards
+    assert isinstance(k, int) and k >= 1, f"backend {name!r}: shards must be an int >= 1, got {k!r}"
+    x = rng.standard_normal((2 * k, 3))
+    np.testing.assert_array_equal(b.gather_rows(b.shard_rows(x, "float64")), x,
+                                  err_msg=f"backend {name!r}: gather_rows(shard_rows(x)) != x")
+    np.testing.assert_allclose(b.gather_rows(b.xp.sin(b.shard_rows(x, "float64"))), np.sin(x), rtol=1e-14,
+                               err_msg=f"backend {name!r}: a row-wise function of shard_rows(x)")
+    part = b.shard_rows(x, "float64")
+    close(b.sum_shards(b.xp.sum(part, axis=0)), x.sum(axis=0), "sum_shards of per-shard sums", rtol=1e-12)
 
 
 class _Close:

@@ -13,7 +13,9 @@ Modes (``all``: both, in one process):
         after step K; ``--resume``: continue ``OUT_DIR/run``.
     eval: exact-kernel KRR predictions (FC NNGP and ConvNet NTK, float64) of a fixed
         support set on 359 test images in blocks of 50 (uneven blocks and padding),
-        and Label Solve labels against 301 targets.
+        and Label Solve labels against 301 targets; first the backend conformance check
+        (:func:`kdistill.testing.check_backend`), whose data-parallel part then runs
+        over the launch's devices or processes.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ def evaluate(backend: str) -> dict:
     from kdistill.plugins.methods.label_solve import label_solve
     from kdistill.runtime.components import prepare_data
 
+    from kdistill.testing import check_backend
+
     reg = get_registry()
     b = reg.backend(backend)
+    check_backend(b)  # also its data-parallel primitives, over this launch's shards
     data = prepare_data(DistillConfig())
     x_s, y_s = data.x_train[:20], data.Y_train[:20]
     solver = reg.create("solvers", "cholesky").bind(b)

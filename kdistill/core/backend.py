@@ -151,6 +151,12 @@ class Backend(ABC):
         """One line naming the devices the backend computes on, for logs and headers."""
         return "cpu"
 
+    def device_of(self, x: Any) -> Any:
+        """The device to create arrays on next to ``x``, as the ``device=`` argument of the
+        namespace's creation functions (``xp.eye(n, dtype=..., device=b.device_of(x))``):
+        ``x.device`` on torch, None on JAX (where placement follows the computation)."""
+        return None
+
     def shard_rows(self, x: np.ndarray, dtype: str | None = None) -> Any:
         """``x`` (the same full numpy array in every process) split along axis 0 over the
         :attr:`shards`: JAX, one global array sharded over the mesh's ``"data"`` axis;

@@ -35,5 +35,5 @@ def cholesky_solve(b: Backend, k_ss: Any, y: Any, ridge: float) -> Any:
     """``(K_ss + lam tr(K_ss)/n_s I)^-1 y`` for ``k_ss`` ``[n, n]``, ``y`` ``[n, k]``
     float64, via :func:`checked_cholesky` (same errors)."""
     xp = b.xp
-    a = k_ss + relative_ridge(b, k_ss, ridge) * xp.eye(k_ss.shape[0], dtype=k_ss.dtype)
+    a = k_ss + relative_ridge(b, k_ss, ridge) * xp.eye(k_ss.shape[0], dtype=k_ss.dtype, device=b.device_of(k_ss))
     return b.cho_solve(checked_cholesky(b, a, ridge), y)

@@ -277,6 +277,9 @@ class TorchBackend(Backend):
     def to_numpy(self, x):
         return x.detach().cpu().numpy()
 
+    def device_of(self, x):
+        return x.device
+
     def shard_rows(self, x, dtype=None):
         n, k = len(x), self.shards
         if n % k:

@@ -110,7 +110,8 @@ def _pad(xp, k, axis: int, before: int, after: int):
         elif size > 0:
             shape = list(k.shape)
             shape[axis] = size
-            parts.append(xp.zeros(tuple(shape), dtype=k.dtype))
+            # zeros made from k itself, so they are on k's device on every backend
+            parts.append(xp.broadcast_to(xp.zeros_like(_take(k, {axis: (0, 1)})), tuple(shape)))
     return xp.concat(parts, axis=axis) if len(parts) > 1 else k
 
 

@@ -112,5 +112,5 @@ class RandomFeatureKernel(RandomKernel):
         phi = act * float(np.sqrt(self.sw2 / (self.n_models * per_model)))
         if not self.sb2:
             return phi
-        bias = xp.full((act.shape[0], 1), float(np.sqrt(self.sb2)), dtype=act.dtype)
+        bias = xp.full((act.shape[0], 1), float(np.sqrt(self.sb2)), dtype=act.dtype, device=self.b.device_of(act))
         return xp.concat([phi, bias], axis=1)

@@ -101,8 +101,8 @@ def label_solve(
         k_ss = b.cast(kernel(xs, xs), "float64")
         if progress is not None:
             top_up(n_s)
-        gram = xp.zeros((n_s, n_s), dtype=b.dtype("float64"))
-        rhs = xp.zeros((n_s, y_t.shape[1]), dtype=b.dtype("float64"))
+        gram = xp.zeros((n_s, n_s), dtype=b.dtype("float64"), device=b.device_of(k_ss))
+        rhs = xp.zeros((n_s, y_t.shape[1]), dtype=b.dtype("float64"), device=b.device_of(k_ss))
         for sl in iter_blocks(len(x_t), block_size * b.shards):  # a block's targets split over the shards
             x_b, y_b, keep = x_t[sl], y_t[sl], None
             if b.shards > 1:  # pad to a multiple of the shards; padded targets get weight 0

@@ -23,7 +23,7 @@ class ExactSolver(Solver):
         b = self.b
         xp = b.xp
         n = k_ss.shape[0]
-        a = k_ss + relative_ridge(b, k_ss, ridge) * xp.eye(n, dtype=k_ss.dtype)
+        a = k_ss + relative_ridge(b, k_ss, ridge) * xp.eye(n, dtype=k_ss.dtype, device=b.device_of(k_ss))
         alpha, pivots = b.lu_solve(a, y)
         ok = b.pivots_ok(pivots)
         if not b.is_concrete(ok):

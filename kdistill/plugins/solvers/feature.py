@@ -64,7 +64,7 @@ class FeatureSolver(Solver):
         n, d = phi.shape
         if d < n:
             lam = absolute_ridge(ridge, xp.sum(phi * phi), n)  # tr(Phi Phi^T) = ||Phi||_F^2
-            a = phi.T @ phi + lam * xp.eye(d, dtype=phi.dtype)
+            a = phi.T @ phi + lam * xp.eye(d, dtype=phi.dtype, device=b.device_of(phi))
             chol = checked_cholesky(b, a, ridge, "Phi_s^T Phi_s + ridge*I")
             w = b.cho_solve(chol, phi.T @ y)
         else:

@@ -123,7 +123,7 @@ class LowRankSolver(Solver):
         b = self.b
         xp = b.xp
         w = xp.take(c, idx, axis=0)  # [m, m]
-        eye = xp.eye(w.shape[0], dtype=c.dtype)
+        eye = xp.eye(w.shape[0], dtype=c.dtype, device=b.device_of(c))
         scale = xp.mean(xp.linalg.diagonal(w))
         chol_w = checked_cholesky(b, w + self.jitter * scale * eye, ridge, "Nystrom landmark block W + jitter*I")
         f = b.solve_triangular(chol_w, c.T, lower=True).T  # [n, m], K ~ F F^T

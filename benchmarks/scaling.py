@@ -231,7 +231,10 @@ def measure(cfg_fields: dict, warmup: int, steps: int) -> dict:
     if b.name == "jax" and b.mesh is not None:
         state, batch = spy.last
         try:
-            hlo = spy.inner._step.lower(state, *batch).compile().as_text()
+            step = spy.inner
+            # the jitted step: per batch sharding (shard_map) where JaxStep has _compiled, else _step
+            jitted = step._compiled(batch)[2] if hasattr(step, "_compiled") else step._step
+            hlo = jitted.lower(state, *batch).compile().as_text()
             ops = hlo_collectives(hlo)
             result["comm"] = {"hlo_ops": ops, "hlo_bytes": sum(o["bytes"] for o in ops),
                               "hlo_all_in_entry": all(o["entry"] for o in ops)}
@@ -254,6 +257,14 @@ def worker(spec: dict) -> None:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         Path(spec["result"]).write_text(json.dumps(out))
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # kdistill never destroys the gloo group; leaving it to interpreter exit sometimes
+            # aborts a rank ("terminate called without an active exception", SIGABRT)
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- driver
@@ -293,10 +304,14 @@ def launch(backend: str, shards: int, threads: int, args, data_dir: str | None, 
         wall = time.perf_counter() - t0
         log(f"  [{backend} x{shards}, {threads} thread(s)/process: {wall:.0f} s wall incl. start-up, "
             f"exit {proc.returncode}; load average before it {load:.2f}]")
-        if proc.returncode != 0 or not Path(spec["result"]).exists():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            return {"error": f"exit {proc.returncode}:\n{tail}"}
-        return json.loads(Path(spec["result"]).read_text())
+        text = (proc.stdout + proc.stderr).strip().splitlines()
+        first = [ln for ln in text if re.search(r"Error|error:|terminate called|Traceback", ln)][:3]
+        if not Path(spec["result"]).exists():
+            return {"error": f"exit {proc.returncode}: " + " | ".join(first + text[-8:])}
+        out = json.loads(Path(spec["result"]).read_text())
+        if proc.returncode != 0:  # measured, but a process failed afterwards (at exit)
+            out["exit_note"] = f"exit {proc.returncode} after writing its results: " + " | ".join(first)
+        return out
 
 
 def cpu_model() -> str:
@@ -333,7 +348,7 @@ def comm_summary(c: dict, n_params: int) -> list[str]:
                   "run count unknown)" if sub else "")]
         for (op, shape, nbytes, in_entry), k in sorted(groups.items(), key=lambda kv: -kv[0][2] * kv[1]):
             out.append(f"    {k:>2} x {op:<18} {shape:<22} {nbytes:>12,} B{'' if in_entry else '  (in a body)'}")
-        out.append(f"  (for comparison, analytic: one all-reduce of loss + gradients as torch does = "
+        out.append(f"  (for comparison, analytic: one float64 all-reduce of loss + gradients as torch does = "
                    f"8 x (1 + {n_params:,}) = {fmt_bytes(8 * (1 + n_params))})")
         return out
     if "error" in c:
@@ -398,7 +413,7 @@ def main() -> None:
     for *_, res in measured:
         versions.update(res.get("versions", {}))
     log("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
-        + f", Python {platform.python_version()}; load average (1 min) after: {os.getloadavg()[0]:.2f}")
+        + f", Python {platform.python_version()}; load average (1 min) after, incl. these runs: {os.getloadavg()[0]:.2f}")
     log("")
     head = (f"{'config':<6} {'backend':<7} {'layout':<26} {'thr':>3} {'median s':>9} {'min s':>8} "
             f"{'vs 1x' + str(cores) + 'thr':>9} {'vs 1x1thr':>9} {'loss@last':>10} {'comm B/step':>12}")
@@ -417,6 +432,8 @@ def main() -> None:
                     notes.append(f"{be} {label}, {t} thread(s) failed:\n{res['error']}")
                     continue
                 r = res["results"][cfg]
+                if "exit_note" in res and cfg == args.configs[0]:
+                    notes.append(f"{be} {label}, {t} thr: {res['exit_note']}")
                 if n == 1:
                     ref[t] = r
                     notes.append(f"{cfg} {be} {label}, {t} thr: '{r['devices']}'; untimed warm-up steps "

@@ -54,8 +54,9 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
         UnknownComponentError, ConfigError, IncompatibleComponentsError.
     """
     registry = registry or get_registry()
+    apply_threads(config.threads)  # XLA's flags: before the backend starts XLA (it lists its devices)
     backend = registry.backend(config.backend, config.device)
-    apply_threads(config.threads)  # after the backend's import, before its first computation
+    apply_threads(config.threads)  # torch's threads: after the backend imported torch
     kernel = build_component(registry, "kernels", config.kernel, backend)
     eval_spec = config.eval_kernel or config.kernel
     eval_kernel = build_component(registry, "kernels", eval_spec, backend)

@@ -182,6 +182,7 @@ def init_process_group(torch) -> str | None:
     ``MASTER_ADDR``, ``MASTER_PORT``), initialize it (NCCL with CUDA, gloo otherwise)
     unless that was done already. Returns the group's backend name, or None for a
     single process."""
+    import atexit
     import os
     from datetime import timedelta
 
@@ -195,7 +196,13 @@ def init_process_group(torch) -> str | None:
                           f"{torch.__version__} build lacks")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
+    atexit.register(_leave_process_group, dist)  # a group left open can abort the process at exit
     return backend
+
+
+def _leave_process_group(dist) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def torch_device(torch, device: str):

@@ -138,6 +138,13 @@ def run(
     locked (the CLI writes its files there), and the transient last checkpoint is
     removed (``checkpoint_every = 0``).
 
+    In a run of several processes (``torchrun``, or JAX after
+    :func:`kdistill.runtime.distributed.init_jax_distributed`) every process calls this
+    with the same config and data and computes; only process 0 locks and writes
+    ``run_dir``, calls ``on_start``, ``write``, ``callback`` and the run callbacks, and the
+    others wait at a barrier until it has prepared the directory. Every process returns
+    the same :class:`DistilledSet`.
+
     Args:
         config: the run's config; data, callback, run_dir, resume, overwrite: as in
             :func:`distill`. what: how messages name ``run_dir`` (``--out``).

@@ -142,8 +142,8 @@ def run(
     :func:`kdistill.runtime.distributed.init_jax_distributed`) every process calls this
     with the same config and data and computes; only process 0 locks and writes
     ``run_dir``, calls ``on_start``, ``write``, ``callback`` and the run callbacks, and the
-    others wait at a barrier until it has prepared the directory. Every process returns
-    the same :class:`DistilledSet`.
+    others wait at a barrier until it has prepared the directory, and at another until it
+    has written it. Every process returns the same :class:`DistilledSet`.
 
     Args:
         config: the run's config; data, callback, run_dir, resume, overwrite: as in
@@ -199,6 +199,7 @@ def run(
             write(result)
         if lock is not None:
             remove_transient_checkpoint(run_dir, config)
+        comps.backend.barrier()  # all processes end together (one leaving early can abort the others' exit)
         return result
 
 

@@ -430,6 +430,9 @@ def evaluate(artifact, kernel, data_dir, backend, sets, nn_model=None, protocol_
             sets = (*sets, f"device={device}")
         res, target = _evaluate_krr(path, kernel, data_dir, backend, sets, nn_out, nn_progress and primary,
                                     threads, allow_data_mismatch, logger, load, evaluate_artifact, use_progress)
+    from kdistill.runtime.distributed import wait_for_all
+
+    wait_for_all()  # the others leave once process 0 has written the result
     if not primary:
         return
     if as_json:

@@ -93,6 +93,9 @@ def main(argv: list[str]) -> None:
 
     if is_primary():
         np.savez(out / "result.npz", **result)
+    from kdistill.runtime.distributed import wait_for_all
+
+    wait_for_all()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
     apply_threads(config.threads)  # XLA's flags: before the backend starts XLA (it lists its devices)
     backend = registry.backend(config.backend, config.device)
     apply_threads(config.threads)  # torch's threads: after the backend imported torch
+    check_launch(backend)
     kernel = build_component(registry, "kernels", config.kernel, backend)
     eval_spec = config.eval_kernel or config.kernel
     eval_kernel = build_component(registry, "kernels", eval_spec, backend)
@@ -69,6 +70,26 @@ def build_components(config: DistillConfig, registry: Registry | None = None) ->
         eval_kernel=eval_kernel,
         valid_kernel=build_component(registry, "kernels", valid_spec, backend),
     )
+
+
+def check_launch(backend) -> None:
+    """Refuse a backend that runs as another number of processes than the launch.
+
+    ``torchrun`` starts torch processes and ``--coordinator`` joins JAX processes
+    (:mod:`kdistill.runtime.distributed`); the other backend would run as independent
+    copies that all write the run directory.
+
+    Raises:
+        ConfigError: naming the launch and the way to launch this backend.
+    """
+    from kdistill.runtime.distributed import process_count
+
+    launched = process_count()
+    if backend.process_count != launched:
+        raise ConfigError(
+            f"this launch has {launched} processes but backend {backend.name!r} runs as {backend.process_count}: "
+            "launch torch runs of several processes with torchrun, and JAX runs with --coordinator HOST:PORT "
+            "--num-processes N --process-id I (or KDISTILL_COORDINATOR, ...; --coordinator auto under Slurm)")
 
 
 def check_run_config(config: DistillConfig) -> None:

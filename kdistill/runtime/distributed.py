@@ -81,3 +81,18 @@ def process_count() -> int:
 def is_primary() -> bool:
     """True in the process that writes files and prints (rank 0)."""
     return process_index() == 0
+
+
+def wait_for_all() -> None:
+    """A barrier over the run's processes (torch's process group, or JAX's processes), so
+    that they leave together: a process leaving while another still writes can abort
+    its exit. No-op in a single process."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    elif "jax" in sys.modules and sys.modules["jax"].process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("kdistill")

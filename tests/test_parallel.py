@@ -185,3 +185,33 @@ def test_target_batch_must_split_evenly(tmp_path):
                           timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "has 1437 examples" in proc.stderr and "the last 1 are left out" in proc.stderr
+
+
+def test_jax_under_torchrun_is_refused(tmp_path):
+    """torchrun starts torch processes; a JAX run there would be independent copies that
+    all write the run directory."""
+    proc = torchrun(["-m", "kdistill", "distill", *KIP_FC, "--out", str(tmp_path / "r")], check=False)
+    assert proc.returncode != 0
+    assert "this launch has 2 processes but backend 'jax' runs as 1" in proc.stderr
+    assert not (tmp_path / "r" / "checkpoint.npz").exists()
+
+
+def test_device_setting_errors():
+    from kdistill.core.config import DistillConfig
+    from kdistill.core.registry import get_registry
+    from kdistill.errors import ConfigError
+
+    for bad in ("banana", "cuda:x", "auto:0", "cpu:"):
+        with pytest.raises(ConfigError, match="device must be one of auto, cpu, gpu, cuda, tpu, mps"):
+            DistillConfig(device=bad)
+    assert DistillConfig(device="cuda:1").device == "cuda:1"
+    import jax
+    import torch
+
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        with pytest.raises(ConfigError, match=r"JAX .* sees no such device.*jax-cuda"):
+            get_registry().backend("jax", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"sees 0 CUDA device\(s\).*CUDA build of torch"):
+            get_registry().backend("torch", "cuda")
+    assert get_registry().backend("torch", "cpu").describe_devices() == "cpu"
